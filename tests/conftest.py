@@ -1,0 +1,70 @@
+"""Shared fixtures: the real public assets in ../shared (present in dev and CI, read-only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("PACKFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: the tests read the shared assets from ../shared next to the "
+            "checkout (or set PACKFT_SHARED_DIR)."
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _require(SHARED_DIR)
+
+
+@pytest.fixture(scope="session")
+def assets_dir(shared_dir: Path) -> Path:
+    return _require(shared_dir / "assets")
+
+
+@pytest.fixture(scope="session")
+def reference_dir(shared_dir: Path) -> Path:
+    return _require(shared_dir / "reference")
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir(assets_dir: Path) -> Path:
+    return _require(assets_dir / "llama2-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(assets_dir: Path) -> Path:
+    return _require(assets_dir / "qwen2.5-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def alpaca_en_path(assets_dir: Path) -> Path:
+    return _require(assets_dir / "alpaca" / "llamafactory_alpaca_en_demo.json")
+
+
+@pytest.fixture(scope="session")
+def alpaca_zh_path(assets_dir: Path) -> Path:
+    return _require(assets_dir / "alpaca" / "llamafactory_alpaca_zh_demo.json")
+
+
+@pytest.fixture(scope="session")
+def sharegpt_toolcall_path(assets_dir: Path) -> Path:
+    return _require(assets_dir / "sharegpt" / "llamafactory_glaive_toolcall_en_demo.json")
+
+
+@pytest.fixture(scope="session")
+def sharegpt_system_path(assets_dir: Path) -> Path:
+    return _require(assets_dir / "sharegpt" / "fastchat_dummy_conversation_with_system.json")
+
+
+@pytest.fixture(scope="session")
+def openai_messages_path(assets_dir: Path) -> Path:
+    return _require(assets_dir / "messages" / "openai_cookbook_toy_chat_fine_tuning.jsonl")
