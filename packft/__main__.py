@@ -1,0 +1,5 @@
+import sys
+
+from packft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""``packft <command>``: one entry point; each command lives in its own module.
+
+A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
+only when their command runs, so ``packft preprocess`` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from packft import __version__
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preprocess": ("packft.preprocess", "tokenize, pack and write MindSpeed/Megatron SFT datasets"),
+    "inspect": ("packft.inspect", "print a packed dataset's stats and decode rows"),
+    "convert-ckpt": (
+        "packft.convert",
+        "convert checkpoints between Hugging Face and Megatron-mcore",
+    ),
+    "train": ("packft.train", "fine-tune a causal LM on a packed dataset"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="packft", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"packft {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, summary) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=summary, description=summary)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # torch_npu hooks into `import torch` and raises on hosts without CANN; packft.device imports
+    # it explicitly and treats failure as "no NPU" (see README, "Devices").
+    os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
