@@ -12,6 +12,7 @@ import os
 import sys
 
 from packft import __version__
+from packft.config import ConfigError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("packft.preprocess", "tokenize, pack and write MindSpeed/Megatron SFT datasets"),
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        # Bad input: say what is wrong without a traceback (PACKFT_DEBUG=1 shows it).
+        if os.environ.get("PACKFT_DEBUG"):
+            raise
+        print(f"packft {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

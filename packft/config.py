@@ -66,7 +66,9 @@ def add_model_arguments(
         origin = typing.get_origin(annotation)
         default = info.get_default(call_default_factory=True)
         help_text = (info.description or "").replace("%", "%%")
-        if default is not None and not isinstance(default, BaseModel):
+        if info.is_required():
+            help_text += " (required)"
+        elif default is not None and not isinstance(default, BaseModel):
             help_text += f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         if annotation is bool:
