@@ -1,0 +1,363 @@
+"""megatron-core 0.12.2 itself reads packft's outputs: converted checkpoints and packed datasets.
+
+Checkpoints. Tiny random HF models (Llama 2, Llama 3 with GQA and tied embeddings, Llama 3.1 RoPE
+scaling, Mistral with a head_dim that is not hidden/heads, Qwen2 with QKV bias, tied and untied)
+are converted with :func:`packft.convert.save_hf_as_mcore` at TP 1 and TP 2. Two spawned CPU ranks
+(gloo) build megatron-core's ``GPTModel`` with the local layer spec from the checkpoint ``args``,
+load their rank's ``model_optim_rng.pt`` with ``strict=True``, run one forward pass and gather the
+vocab-parallel logits, which must match the HF model's to 1e-5 (float32). One spawn serves all
+cases: importing torch and megatron twice per case would cost more than the forward passes. CPU
+shims, in the child processes only: megatron puts RoPE frequencies on
+``torch.cuda.current_device()`` and forks the CUDA RNG tracker around attention dropout.
+
+Datasets. megatron's ``IndexedDataset`` reads what ``IndexedDatasetWriter`` writes (every dtype
+code) and a real packed dataset written by ``packft.preprocess`` from the shared Alpaca file with
+the shared Llama 2 tokenizer; MindSpeed's glob ``{prefix}_packed_*_document*`` sees exactly the
+three fields' files.
+
+megatron-core is a test requirement (``make install`` puts it in .venv with ``pip install
+--no-deps``; it needs nothing beyond packft's own dependencies at import); without it these tests
+fail, they do not skip. Measured on the shared 2-core VM (load average 6-8): 28-45 s for the file,
+of which 19-36 s is the one spawn (two interpreters importing torch and megatron); max |megatron -
+HF| over all 12 cases 2.2e-6 with logits up to 3.4 in magnitude.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import re
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from packft.indexed import (
+    DTYPE_CODES,
+    SFT_KEYS,
+    IndexedDatasetWriter,
+    commit,
+    open_sft_dataset,
+    sft_prefix,
+)
+
+pytestmark = pytest.mark.filterwarnings(  # megatron's import-time notes about optional packages
+    "ignore:Apex is not installed:UserWarning",
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+)
+SEQ = 32
+TP_SIZES = (1, 2)
+TOLERANCE = 1e-5
+MEGATRON_VERSION = "0.12.2"
+INSTALL_HINT = (
+    "{problem}. These interop tests need megatron-core==0.12.2 in the venv: run `make install` "
+    "(or `.venv/bin/pip install -c constraints.txt --no-deps megatron-core==0.12.2`)."
+)
+
+# initializer_range 0.1 (HF default 0.02): attention must depend on position, or a RoPE mistake
+# would hide under the tolerance (test_cases_are_position_sensitive).
+COMMON = dict(
+    hidden_act="silu", max_position_embeddings=128, rms_norm_eps=1e-5, initializer_range=0.1
+)
+LLAMA31_ROPE = dict(  # the Llama 3.1 values; megatron-core 0.12 hard-codes all but the factor
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=8192,
+)
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    # name: (transformers architecture prefix, config kwargs)
+    "llama2": (
+        "Llama",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, vocab_size=64, tie_word_embeddings=False),
+    ),
+    "llama3-gqa-tied": (
+        "Llama",
+        dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+             num_key_value_heads=4, vocab_size=96, rope_theta=500000.0, tie_word_embeddings=True),
+    ),
+    "llama3.1-rope-scaling": (
+        "Llama",
+        dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=64, rope_theta=500000.0,
+             rope_scaling=LLAMA31_ROPE, max_position_embeddings=16384, tie_word_embeddings=False),
+    ),
+    "mistral": (
+        "Mistral",
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+             num_key_value_heads=4, head_dim=16, vocab_size=64, sliding_window=None,
+             tie_word_embeddings=False),
+    ),
+    "qwen2-bias-tied": (
+        "Qwen2",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=8,
+             num_key_value_heads=4, vocab_size=64, rope_theta=1000000.0, tie_word_embeddings=True),
+    ),
+    "qwen2-bias-untied": (
+        "Qwen2",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=64, tie_word_embeddings=False),
+    ),
+}  # fmt: skip
+CASES = [(name, tp) for name in MODELS for tp in TP_SIZES]
+
+
+@pytest.fixture(scope="module")
+def megatron_core() -> Any:
+    """The installed megatron.core package; a missing install fails (with the fix), never skips."""
+    try:
+        import megatron.core
+        from megatron.core.datasets import indexed_dataset  # noqa: F401
+        from megatron.core.models.gpt import GPTModel  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(
+            INSTALL_HINT.format(problem=f"megatron-core is not importable ({exc})"), pytrace=False
+        )
+    return megatron.core
+
+
+def test_megatron_core_is_installed() -> None:
+    """The version these tests were written against (the last one for Python 3.11)."""
+    try:
+        import megatron.core
+    except ImportError as exc:
+        pytest.fail(
+            INSTALL_HINT.format(problem=f"megatron-core is not importable ({exc})"), pytrace=False
+        )
+    assert megatron.core.__version__ == MEGATRON_VERSION, INSTALL_HINT.format(
+        problem=f"megatron-core {megatron.core.__version__} is installed"
+    )
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _build_hf(name: str, seed: int = 0) -> torch.nn.Module:
+    """A random float32 model; norms and biases are randomized too so a swap cannot hide."""
+    import transformers
+
+    arch, kwargs = MODELS[name]
+    config = getattr(transformers, f"{arch}Config")(**{**COMMON, **kwargs})
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{arch}ForCausalLM")(config).eval()
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if key.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif key.endswith(".bias"):
+                p.normal_()
+    return model
+
+
+def _megatron_forward(ckpt_file: Path, ids: torch.Tensor, tp: int) -> torch.Tensor:
+    """Build GPTModel from the checkpoint args, load strictly, return this rank's logits."""
+    import torch.nn.functional as F
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from packft.convert_io import load_mcore_file
+
+    ckpt = load_mcore_file(ckpt_file)
+    a = ckpt["args"]
+    config = TransformerConfig(
+        num_layers=a.num_layers,
+        hidden_size=a.hidden_size,
+        num_attention_heads=a.num_attention_heads,
+        num_query_groups=a.num_query_groups,
+        ffn_hidden_size=a.ffn_hidden_size,
+        kv_channels=a.kv_channels,
+        normalization=a.normalization,
+        layernorm_epsilon=a.norm_epsilon,
+        gated_linear_unit=a.swiglu,
+        activation_func=F.silu,
+        add_bias_linear=a.add_bias_linear,
+        add_qkv_bias=a.add_qkv_bias,
+        tensor_model_parallel_size=tp,
+        use_cpu_initialization=True,
+        params_dtype=torch.float32,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    model = GPTModel(
+        config,
+        get_gpt_layer_local_spec(normalization=a.normalization),
+        vocab_size=a.padded_vocab_size,
+        max_sequence_length=a.max_position_embeddings,
+        share_embeddings_and_output_weights=not a.untie_embeddings_and_output_weights,
+        position_embedding_type=a.position_embedding_type,
+        rotary_base=int(a.rotary_base),
+        rope_scaling=bool(getattr(a, "use_rope_scaling", False)),
+        rope_scaling_factor=float(getattr(a, "rope_scaling_factor", 8.0)),
+    ).eval()
+    model.load_state_dict({k: v.clone() for k, v in ckpt["model"].items()}, strict=True)
+    causal = torch.ones(1, 1, SEQ, SEQ, dtype=torch.bool).triu(1)  # True = masked out
+    with torch.no_grad():
+        return model(ids, torch.arange(SEQ)[None], causal)
+
+
+def _worker(rank: int, world: int, root: str) -> None:
+    """One gloo rank: every case, TP 1 (two data-parallel replicas) then TP 2."""
+    torch.set_num_threads(1)
+    dist = torch.distributed
+    dist.init_process_group(  # a file rendezvous: no port to race for on a shared CI host
+        "gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world,
+        timeout=timedelta(seconds=120),
+    )  # fmt: skip
+    from megatron.core import parallel_state, tensor_parallel
+
+    torch.cuda.current_device = lambda: "cpu"  # CPU shims, see the module docstring
+    tensor_parallel.get_cuda_rng_tracker().fork = lambda *a, **k: contextlib.nullcontext()
+    results: dict[tuple[str, int], Any] = {}
+    for tp in TP_SIZES:
+        parallel_state.initialize_model_parallel(tp, 1)
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        for name in MODELS:
+            case = Path(root) / f"{name}-tp{tp}"
+            error = ""
+            try:
+                ckpt = case / f"mg/iter_0000001/mp_rank_{tp_rank:02d}/model_optim_rng.pt"
+                logits = _megatron_forward(ckpt, torch.load(Path(root) / f"{name}.ids.pt"), tp)
+            except Exception:  # recorded per case; every rank must still reach the collectives
+                error = f"rank {rank}: {traceback.format_exc()}"
+            errors: list[str] = [""] * world
+            dist.all_gather_object(errors, error)
+            if any(errors):
+                results[(name, tp)] = "\n".join(e for e in errors if e)
+            else:
+                gathered = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+                results[(name, tp)] = gathered.clone()
+        parallel_state.destroy_model_parallel()
+    if rank == 0:
+        torch.save(results, Path(root) / "results.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def interop_results(
+    megatron_core: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor | str]]:
+    """(HF logits, megatron logits or the error text) for every (model, TP) case."""
+    import torch.multiprocessing as mp
+
+    from packft.convert import save_hf_as_mcore
+
+    root = tmp_path_factory.mktemp("megatron")
+    expected = {}
+    for name in MODELS:
+        model = _build_hf(name)
+        gen = torch.Generator().manual_seed(len(name))
+        ids = torch.randint(0, model.config.vocab_size, (1, SEQ), generator=gen)
+        torch.save(ids, root / f"{name}.ids.pt")
+        for tp in TP_SIZES:
+            save_hf_as_mcore(model.state_dict(), root / f"{name}-tp{tp}" / "mg", tp,
+                             config=model.config)  # fmt: skip
+        with torch.no_grad():
+            expected[name] = model(ids).logits
+    mp.spawn(_worker, args=(2, str(root)), nprocs=2, join=True)
+    got = torch.load(root / "results.pt")
+    return {(name, tp): (expected[name], got[(name, tp)]) for name, tp in CASES}
+
+
+@pytest.mark.parametrize(("name", "tp"), CASES, ids=[f"{n}-tp{t}" for n, t in CASES])
+def test_gpt_model_reproduces_hf_logits(interop_results: dict, name: str, tp: int) -> None:
+    expected, got = interop_results[(name, tp)]
+    assert not isinstance(got, str), f"megatron-core could not load/run {name} at TP {tp}:\n{got}"
+    assert got.shape == expected.shape
+    assert expected.abs().max() > 0.1, "degenerate reference logits"
+    diff = float((got - expected).abs().max())
+    assert diff < TOLERANCE, f"{name} TP {tp}: max |megatron - HF| = {diff:.3g}"
+
+
+def test_cases_are_position_sensitive() -> None:
+    """Dropping the Llama 3.1 RoPE scaling must move the logits far beyond the tolerance."""
+    import transformers
+
+    model = _build_hf("llama3.1-rope-scaling")
+    kwargs = {**COMMON, **MODELS["llama3.1-rope-scaling"][1], "rope_scaling": None}
+    plain = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs)).eval()
+    plain.load_state_dict(model.state_dict())
+    ids = torch.arange(SEQ)[None] % model.config.vocab_size
+    with torch.no_grad():
+        diff = float((model(ids).logits - plain(ids).logits).abs().max())
+    assert diff > 100 * TOLERANCE
+
+
+# --------------------------------------------------------------------------------------- datasets
+@pytest.mark.parametrize("code", sorted(DTYPE_CODES))
+def test_megatron_reads_writer_output(megatron_core: Any, tmp_path: Path, code: int) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dtype = np.dtype(DTYPE_CODES[code])
+    rng = np.random.default_rng(code)
+    high = 100 if dtype.itemsize == 1 else 30000
+    sequences = [rng.integers(0, high, size=int(n)).astype(dtype) for n in [0, 1, 7, 300, 2, 64]]
+    prefix = tmp_path / "w"
+    with IndexedDatasetWriter(prefix, dtype) as writer:
+        writer.extend(sequences)
+        pairs = writer.finalize()
+        assert not glob.glob(f"{prefix}*"), "temporary files must be invisible to prefix globs"
+    commit(pairs)
+    ds = IndexedDataset(str(prefix))
+    assert len(ds) == len(sequences)
+    assert ds.index.dtype == dtype.type
+    assert ds.sequence_lengths.tolist() == [len(s) for s in sequences]
+    assert ds.document_indices.tolist() == list(range(len(sequences) + 1))
+    for i, seq in enumerate(sequences):
+        assert ds[i].dtype == dtype and np.array_equal(ds[i], seq), f"sequence {i} differs"
+    assert np.array_equal(ds.get(3, offset=5, length=10), sequences[3][5:15])
+
+
+@pytest.fixture(scope="module")
+def packed_alpaca(
+    tmp_path_factory: pytest.TempPathFactory, alpaca_en_path: Path, llama2_tokenizer_dir: Path
+) -> Path:
+    """The shared Alpaca demo (1000 samples) packed like MindSpeed's recipe, uint16 input_ids."""
+    from packft.preprocess import PreprocessConfig, preprocess
+
+    root = tmp_path_factory.mktemp("packed")
+    cfg = PreprocessConfig(
+        input=str(alpaca_en_path), tokenizer_name_or_path=str(llama2_tokenizer_dir),
+        output_prefix=str(root / "alpaca"), prompt_type="llama2", pack=True, neat_pack=True,
+        append_eod=True, seq_length=512, dtype="optimal", cache_dir=str(root / "cache"),
+    )  # fmt: skip
+    return preprocess(cfg).prefix
+
+
+def test_megatron_reads_packed_dataset(megatron_core: Any, packed_alpaca: Path) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ours = open_sft_dataset(packed_alpaca)
+    rows = len(ours["input_ids"])
+    assert rows > 100
+    for key in SFT_KEYS:
+        theirs = IndexedDataset(sft_prefix(packed_alpaca, key))
+        assert len(theirs) == rows, key
+        assert theirs.index.dtype == ours[key].dtype.type, key
+        assert set(theirs.sequence_lengths.tolist()) == {512}, key
+        assert theirs.document_indices.tolist() == list(range(rows + 1)), key
+        for i in range(rows):
+            assert np.array_equal(theirs[i], ours[key][i]), f"{key} row {i} differs"
+    assert ours["input_ids"].dtype == np.uint16  # --dtype optimal with a 32000-token vocab
+    segments = IndexedDataset(sft_prefix(packed_alpaca, "attention_mask"))
+    assert max(int(segments[i].max()) for i in range(rows)) > 1, "neat-pack rows hold samples"
+
+
+def test_mindspeed_glob_sees_exactly_the_three_fields(packed_alpaca: Path) -> None:
+    """MindSpeed finds the fields with this glob and regex; side files must not match."""
+    prefix = str(packed_alpaca)
+    assert Path(f"{prefix}.packft.json").is_file() and Path(f"{prefix}.packft.plan.npz").is_file()
+    names = sorted(glob.glob(f"{prefix}_packed_*_document*"))
+    expected = sorted(f"{sft_prefix(prefix, k)}.{ext}" for k in SFT_KEYS for ext in ("bin", "idx"))
+    assert names == expected
+    template = re.escape(prefix) + r"_packed_(.*)_document(.*)"
+    assert {re.match(template, n).group(1) for n in names} == set(SFT_KEYS)
