@@ -109,6 +109,7 @@ class IndexedDatasetWriter:
         self._idx_tmp = _tmp_name(self._idx_final)
         self._bin = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in finalize/abort
         self._lengths: list[int] = []
+        self._documents: list[int] = [0]
         self._finalized = False
 
     def add(self, sequence: Sequence[int] | np.ndarray) -> None:
@@ -125,6 +126,12 @@ class IndexedDatasetWriter:
             array = cast
         self._bin.write(np.ascontiguousarray(array).tobytes(order="C"))
         self._lengths.append(int(array.size))
+        self._documents.append(len(self._lengths))
+
+    def end_document(self) -> None:
+        """Close an empty document: repeats the last document index, as MindSpeed does for every
+        sample it drops while writing unpacked data (needed for byte-identical files)."""
+        self._documents.append(len(self._lengths))
 
     def extend(self, sequences: Iterable[Sequence[int] | np.ndarray]) -> None:
         for sequence in sequences:
@@ -144,7 +151,7 @@ class IndexedDatasetWriter:
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
             np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        documents = np.arange(len(lengths) + 1, dtype=np.int64)
+        documents = np.asarray(self._documents, dtype=np.int64)
         with open(self._idx_tmp, "wb") as index:
             index.write(MAGIC)
             index.write(struct.pack("<Q", VERSION))

@@ -110,3 +110,14 @@ def test_rewrite_of_mindspeed_reference_is_byte_identical(
                 Path(f"{out}{ext}").read_bytes()
                 == Path(f"{sft_prefix(src, key)}{ext}").read_bytes()
             )
+
+
+def test_empty_documents_repeat_the_index(tmp_path: Path) -> None:
+    with IndexedDatasetWriter(tmp_path / "e") as writer:
+        writer.add([1, 2])
+        writer.end_document()  # a dropped sample, as MindSpeed records it
+        writer.add([3])
+        commit(writer.finalize())
+    ds = IndexedDataset(tmp_path / "e")
+    assert ds.document_indices.tolist() == [0, 1, 1, 2]
+    assert [ds[i].tolist() for i in range(len(ds))] == [[1, 2], [3]]

@@ -1,0 +1,276 @@
+"""`packft preprocess` end to end on the shared Alpaca/ShareGPT files, Llama-2 tokenizer, llama2."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_rows import mindspeed_pack_files, read_sft
+
+from packft.cli import main
+from packft.pack import PackPlan
+from packft.preprocess import (
+    PreprocessConfig,
+    fetch_inputs,
+    plan,
+    preprocess,
+    tokenize_input,
+    validate_input,
+)
+from packft.tokenize import ShardReader
+
+SEQ = 4096
+
+
+def seed_args(input_path: Path, prefix: Path, cache: Path, handler: str = "Alpaca") -> list[str]:
+    """The seed's command line (MindSpeed's llama2 pack recipe), unchanged."""
+    return [
+        "preprocess", "--input", str(input_path),
+        "--tokenizer-name-or-path", str(LLAMA2), "--output-prefix", str(prefix),
+        "--workers", "1", "--log-interval", "1000", "--tokenizer-type", "PretrainedFromHF",
+        "--overwrite-cache", f"--handler-name={handler}StyleInstructionHandler",
+        "--prompt-type", "llama2", "--pack", "--append-eod", "--seq-length", str(SEQ),
+        "--map-keys", '{"prompt":"instruction","query":"input","response":"output"}'
+        if handler == "Alpaca" else "{}",
+        "--cache-dir", str(cache),
+    ]  # fmt: skip
+
+
+SHARED = Path(os.environ.get("PACKFT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+LLAMA2 = SHARED / "assets" / "llama2-tokenizer"  # the same directory as the llama2 fixture
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(llama2_tokenizer_dir: Path):
+    from packft.templates import load_tokenizer
+
+    return load_tokenizer(llama2_tokenizer_dir, "llama2")
+
+
+@pytest.fixture(scope="session")
+def alpaca_neat(tmp_path_factory, alpaca_en_path: Path, cache: Path) -> Path:
+    prefix = tmp_path_factory.mktemp("alpaca") / "alpaca"
+    args = seed_args(alpaca_en_path, prefix, cache) + ["--neat-pack", "--pack-seed", "0"]
+    assert main(args) == 0
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def sharegpt_neat(tmp_path_factory, sharegpt_system_path, sharegpt_toolcall_path, cache) -> Path:
+    data = tmp_path_factory.mktemp("sharegpt_in")
+    for path in (sharegpt_system_path, sharegpt_toolcall_path):
+        (data / path.name).symlink_to(path)
+    prefix = tmp_path_factory.mktemp("sharegpt") / "sg"
+    assert main(seed_args(data, prefix, cache, "Sharegpt") + ["--neat-pack"]) == 0
+    return prefix
+
+
+def samples_of(prefix: Path) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
+    """(ids, labels, source_row) of every tokenized sample, from the shards the sidecar names."""
+    side = json.loads(Path(f"{prefix}.packft.json").read_text())
+    cache = Path(side["config"]["cache_dir"]) / "shards"
+    out = []
+    for name in side["shards"]:
+        reader = ShardReader(cache / name)
+        for i in range(reader.num_samples):
+            ids, labels = reader.sample(i)
+            out.append((tuple(ids.tolist()), tuple(labels.tolist()), int(reader.source_rows[i])))
+    return out
+
+
+def segments(ids: np.ndarray, mask: np.ndarray, labels: np.ndarray):
+    """Split a neat-packed row by its segment ids (independently of the plan file)."""
+    out = []
+    for seg in range(1, int(mask.max()) + 1):
+        where = np.flatnonzero(mask == seg)
+        assert np.array_equal(where, np.arange(where[0], where[-1] + 1))  # contiguous
+        out.append((ids[where], labels[where]))
+    assert np.all(mask[mask.astype(bool).sum() :] == 0)  # padding only at the end
+    return out
+
+
+@pytest.mark.parametrize("which", ["alpaca_neat", "sharegpt_neat"])
+def test_every_sample_intact_in_exactly_one_row(request, which: str) -> None:
+    prefix = request.getfixturevalue(which)
+    data = read_sft(prefix)
+    samples = samples_of(prefix)
+    side = json.loads(Path(f"{prefix}.packft.json").read_text())
+    stats = side["stats"]
+    assert stats["efficiency"] >= 0.99
+    assert stats["rows"] == len(data["input_ids"]) == stats["lower_bound_rows"]
+    found: Counter = Counter()
+    for ids, mask, labels in zip(data["input_ids"], data["attention_mask"], data["labels"],
+                                 strict=True):  # fmt: skip
+        assert len(ids) == SEQ
+        n_real = int(np.count_nonzero(mask))
+        assert np.all(labels[n_real:] == -100) and np.all(ids[n_real:] == side["pad_id"])
+        for seg_ids, seg_labels in segments(ids, mask, labels):
+            assert seg_labels[0] == -100  # first token of every packed sample
+            found[tuple(seg_ids.tolist()), tuple(seg_labels[1:].tolist())] += 1
+    want = Counter((s[0], s[1][1:]) for s in samples)
+    assert found == want
+    assert stats["valid"] == len(samples) == sum(found.values())
+    assert stats["total_tokens"] == sum(len(s[0]) for s in samples)
+
+
+def test_decoded_row_equals_templated_records(alpaca_neat: Path, alpaca_en_path: Path,
+                                              tokenizer) -> None:  # fmt: skip
+    records = json.loads(alpaca_en_path.read_text())
+    the_plan = PackPlan.load(f"{alpaca_neat}.packft.plan.npz")
+    samples = samples_of(alpaca_neat)
+    data = read_sft(alpaca_neat)
+    for row in (0, the_plan.num_rows - 1):
+        ids = data["input_ids"][row]
+        at = 0
+        for i, _, n in zip(*the_plan.row(row), strict=True):
+            rec = records[samples[int(i)][2]]
+            user = rec["instruction"] + ("\n" + rec["input"] if rec["input"] else "")
+            expected = f"<s>[INST] {user} [/INST] {rec['output']}</s></s>"
+            text = tokenizer.decode(ids[at : at + int(n)].tolist())
+            assert " ".join(text.split()) == " ".join(expected.split()).replace(
+                "<s>[INST]", "<s> [INST]"
+            )
+            at += int(n)
+
+
+def test_no_pack_is_byte_identical_to_mindspeed_reference(
+    tmp_path: Path, alpaca_en_path: Path, reference_dir: Path, cache: Path
+) -> None:
+    prefix = tmp_path / "alpaca"
+    args = [a for a in seed_args(alpaca_en_path, prefix, cache) if a != "--pack"]
+    assert main([*args, "--pack-algorithm", "knapsack", "--overlong", "drop"]) == 0
+    ref = reference_dir / "mindspeed_alpaca_llama2_nopack4096"
+    for key in ("input_ids", "attention_mask", "labels"):
+        for ext in ("bin", "idx"):
+            name = f"alpaca_packed_{key}_document.{ext}"
+            assert (tmp_path / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("neat", [False, True])
+def test_knapsack_pack_matches_mindspeed_packer(tmp_path, alpaca_en_path, cache, neat) -> None:
+    """Tokenization is byte-identical (test above); packing is MindSpeed's packer, simulated."""
+    prefix = tmp_path / "ks"
+    args = seed_args(alpaca_en_path, prefix, cache) + ["--pack-algorithm", "knapsack"]
+    assert main([*args, "--overlong", "drop", *(["--neat-pack"] if neat else [])]) == 0
+    samples = [(list(s[0]), list(s[1])) for s in samples_of(prefix)]
+    for key, (bin_bytes, idx_bytes) in mindspeed_pack_files(samples, SEQ, neat, 2).items():
+        assert Path(f"{prefix}_packed_{key}_document.idx").read_bytes() == idx_bytes
+        assert Path(f"{prefix}_packed_{key}_document.bin").read_bytes() == bin_bytes
+
+
+def test_sidecar_records_provenance(alpaca_neat: Path, alpaca_en_path: Path) -> None:
+    side = json.loads(Path(f"{alpaca_neat}.packft.json").read_text())
+    import hashlib
+
+    digest = hashlib.sha256(alpaca_en_path.read_bytes()).hexdigest()
+    assert side["inputs"] == {str(alpaca_en_path): digest}
+    assert len(side["tokenizer_sha256"]) == 64 and side["template"] == "llama2"
+    assert side["algorithm"] == "bfd" and side["seed"] == 0 and side["config"]["neat_pack"]
+    for key in ("samples_in", "valid", "rejected", "truncated", "dropped", "split",
+                "total_tokens", "supervised_tokens", "rows", "lower_bound_rows", "efficiency",
+                "pad_fraction", "samples_per_row_mean", "samples_per_row_min",
+                "samples_per_row_max", "samples_per_row_histogram", "sum_squared_lengths",
+                "efficiency_padded_alone"):  # fmt: skip
+        assert key in side["stats"], key
+    assert side["stats"]["samples_in"] == 999
+    assert side["stats"]["efficiency_padded_alone"] < 0.1 < side["stats"]["efficiency"]
+
+
+def test_overlong_policies_counted(tmp_path: Path, alpaca_en_path: Path, cache: Path) -> None:
+    counts = {}
+    for policy in ("truncate", "drop", "split"):
+        cfg = PreprocessConfig(
+            input=str(alpaca_en_path), tokenizer_name_or_path=str(LLAMA2),
+            output_prefix=str(tmp_path / policy), prompt_type="llama2", pack=True,
+            append_eod=True, seq_length=256, overlong=policy, cache_dir=str(cache),
+            dtype="optimal",
+        )  # fmt: skip
+        result = preprocess(cfg)
+        counts[policy] = result.stats
+        lengths = [len(x) for x in read_sft(tmp_path / policy)["input_ids"]]
+        assert set(lengths) == {256}
+    unsplit = counts["split"]["total_tokens"]
+    assert counts["drop"]["dropped"] > 0 and counts["drop"]["valid"] == 999
+    assert counts["split"]["split"] == counts["drop"]["dropped"] - counts["split"]["dropped"]
+    assert counts["truncate"]["truncated"] > 0 and counts["truncate"]["dropped"] == 0
+    assert counts["truncate"]["total_tokens"] < unsplit and counts["split"]["dropped"] == 0
+    idx = (tmp_path / "split_packed_input_ids_document.idx").read_bytes()
+    assert struct.unpack("<B", idx[17:18])[0] == 8  # --dtype optimal: uint16 for a 32000 vocab
+
+
+def test_plan_is_independent_of_workers_and_cache(tmp_path, alpaca_en_path, cache) -> None:
+    base = dict(input=str(alpaca_en_path), tokenizer_name_or_path=str(LLAMA2),
+                prompt_type="llama2", pack=True, append_eod=True, seq_length=1024,
+                pack_seed=3, mix=300)  # fmt: skip
+    one = PreprocessConfig(**base, output_prefix=str(tmp_path / "a"), cache_dir=str(cache))
+    two = PreprocessConfig(**base, output_prefix=str(tmp_path / "b"), workers=2,
+                           cache_dir=str(tmp_path / "c2"))  # fmt: skip
+    shard_one = tokenize_input(fetch_inputs(one)[0], one)
+    mtime = shard_one.stat().st_mtime_ns
+    assert tokenize_input(fetch_inputs(one)[0], one) == shard_one  # cached, not rewritten
+    assert shard_one.stat().st_mtime_ns == mtime
+    shard_two = tokenize_input(fetch_inputs(two)[0], two)
+    assert shard_two.read_bytes() == shard_one.read_bytes()
+    a, b = PackPlan.load(plan(one, [shard_one])), PackPlan.load(plan(two, [shard_two]))
+    assert np.array_equal(a.items, b.items) and np.array_equal(a.row_offsets, b.row_offsets)
+
+
+def test_config_errors_list_valid_choices(tmp_path: Path, capsys) -> None:
+    args = ["preprocess", "--input", "x.json", "--tokenizer-name-or-path", str(LLAMA2),
+            "--output-prefix", str(tmp_path / "o"), "--handler-name", "Nope",
+            "--prompt-type", "llama9", "--neat-pack"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "AlpacaStyleInstructionHandler" in err and "SharegptStyleInstructionHandler" in err
+    assert "llama2" in err and "--neat-pack needs --pack" in err
+
+
+def test_invalid_records_are_counted_and_kept(tmp_path: Path, cache: Path) -> None:
+    rows = [{"instruction": "Say hi", "input": "", "output": "Hi"},
+            {"instruction": "No answer", "input": ""},
+            {"instruction": "Add", "input": "1+1", "output": "2"}]  # fmt: skip
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(rows))
+    cfg = PreprocessConfig(input=str(data), tokenizer_name_or_path=str(LLAMA2),
+                           output_prefix=str(tmp_path / "o"), prompt_type="llama2", pack=True,
+                           seq_length=64, cache_dir=str(cache))  # fmt: skip
+    summary = validate_input(data, cfg)
+    assert (summary.total, summary.valid) == (3, 2)
+    result = preprocess(cfg)
+    assert result.stats["samples_in"] == 3 and result.stats["valid"] == 2
+    assert result.stats["rejected_total"] == 1
+    rejects = (tmp_path / "o.rejects.jsonl").read_text().splitlines()
+    assert len(rejects) == 1 and json.loads(rejects[0])["row"] == 1
+    assert read_sft(tmp_path / "o")["input_ids"][0].shape == (64,)
+    strict = cfg.model_copy(update={"on_invalid": "fail", "overwrite_cache": True})
+    with pytest.raises(ValueError, match="d.json:1"):
+        preprocess(strict)
+
+
+def test_overlong_flag_mapping(tmp_path: Path) -> None:
+    def cfg(**kw: Any) -> PreprocessConfig:
+        return PreprocessConfig(input="x", tokenizer_name_or_path="t", prompt_type="llama2",
+                                output_prefix=str(tmp_path / "o"), pack=True, seq_length=4096,
+                                append_eod=True, **kw)  # fmt: skip
+
+    # truncate: the tokenizer's template-aware cut leaves room for the eod in a row
+    assert cfg().tokenize_budget() == 4094 and cfg().pack_overlong() == "truncate"
+    # drop: MindSpeed's tokenization (budget seq_length), then drop what exceeds seq_length - 1
+    assert cfg(overlong="drop").tokenize_budget() == 4096
+    assert cfg(overlong="drop").pack_overlong() == "drop"
+    # ... except MindSpeed's neat-pack packer, which cuts to seq_length - 1
+    neat = cfg(overlong="drop", neat_pack=True, pack_algorithm="knapsack")
+    assert neat.pack_overlong() == "truncate"
+    assert cfg(overlong="drop", neat_pack=True).pack_overlong() == "drop"  # bfd: as asked
+    assert cfg(overlong="split").tokenize_budget() is None

@@ -1,0 +1,307 @@
+"""Rows and files against an independent .bin/.idx reader and a simulation of MindSpeed's packer."""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import json
+import struct
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+
+from packft.pack import PackPlan, plan_packing, plan_unpacked
+from packft.rows import TokenShards, plan_path, sidecar_path, write_sft_dataset
+
+KEYS = ("input_ids", "attention_mask", "labels")
+CODES = {1: "u1", 2: "i1", 3: "i2", 4: "i4", 5: "i8", 6: "f8", 7: "f4", 8: "u2"}
+
+
+# --- an independent reader, from the format table (reference.md section 2) ---------------------
+
+
+def read_megatron(prefix: str) -> tuple[np.dtype, list[np.ndarray], np.ndarray]:
+    idx = Path(prefix + ".idx").read_bytes()
+    assert idx[:9] == b"MMIDIDX\x00\x00"
+    version, code, n, d = struct.unpack("<QBQQ", idx[9:34])
+    assert version == 1
+    dtype = np.dtype("<" + CODES[code])
+    lengths = np.frombuffer(idx, "<i4", n, 34)
+    pointers = np.frombuffer(idx, "<i8", n, 34 + 4 * n)
+    docs = np.frombuffer(idx, "<i8", d, 34 + 12 * n)
+    assert len(idx) == 34 + 12 * n + 8 * d
+    assert docs[0] == 0 and docs[-1] == n
+    expected = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) * dtype.itemsize)])
+    assert np.array_equal(pointers, expected[:-1])
+    data = Path(prefix + ".bin").read_bytes()
+    assert len(data) == expected[-1]
+    seqs = [
+        np.frombuffer(data, dtype, int(m), int(p)) for p, m in zip(pointers, lengths, strict=True)
+    ]
+    return dtype, seqs, docs
+
+
+def read_sft(prefix: Path) -> dict[str, list[np.ndarray]]:
+    out = {}
+    for key in KEYS:
+        dtype, seqs, docs = read_megatron(f"{prefix}_packed_{key}_document")
+        assert np.array_equal(docs, np.arange(len(seqs) + 1))  # one sequence per document
+        assert dtype == (np.dtype("<i4") if key != "input_ids" else dtype)
+        out[key] = seqs
+    return out
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+def make_samples(n: int, seed: int, max_len: int = 60) -> list[tuple[list[int], list[int]]]:
+    """Samples shaped like SFT data: a prompt (label -100) then an answer ending in eos=2."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n):
+        prompt = [1, *rng.integers(3, 32000, int(rng.integers(1, max_len // 2))).tolist()]
+        answer = [*rng.integers(3, 32000, int(rng.integers(0, max_len // 2))).tolist(), 2]
+        samples.append((prompt + answer, [-100] * len(prompt) + answer))
+    return samples
+
+
+def write_shard(path: Path, samples, batch: int = 7) -> Path:
+    schema = pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            ("labels", pa.list_(pa.int32())),
+            ("source_row", pa.int64()),
+        ]
+    )
+    with ipc.new_file(str(path), schema) as writer:
+        for at in range(0, len(samples), batch):
+            part = samples[at : at + batch]
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        pa.array([s[0] for s in part], pa.list_(pa.int32())),
+                        pa.array([s[1] for s in part], pa.list_(pa.int32())),
+                        pa.array(range(at, at + len(part)), pa.int64()),
+                    ],
+                    schema=schema,
+                )
+            )
+    return path
+
+
+@pytest.fixture
+def shards(tmp_path: Path):
+    samples = make_samples(90, 0) + [(list(range(3, 50)), [-100] * 10 + list(range(13, 50)))]
+    paths = [
+        write_shard(tmp_path / "a.arrow", samples[:40]),
+        write_shard(tmp_path / "b.arrow", samples[40:], batch=11),
+    ]
+    with TokenShards(paths) as reader:
+        yield reader, samples
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+def test_token_shards_read_back_exactly(shards) -> None:
+    reader, samples = shards
+    assert reader.num_samples == len(samples)
+    assert reader.lengths.tolist() == [len(s[0]) for s in samples]
+    for i in (0, 39, 40, 90):
+        ids, labels = reader.read(i)
+        assert ids.tolist() == samples[i][0] and labels.tolist() == samples[i][1]
+    ids, labels = reader.read(90, 5, 3)
+    assert ids.tolist() == samples[90][0][5:8]
+
+
+@pytest.mark.parametrize("neat", [False, True])
+def test_packed_rows_hold_every_sample_intact(tmp_path: Path, shards, neat: bool) -> None:
+    reader, samples = shards
+    seq = 128
+    plan = plan_packing(reader.lengths, seq - 1, "bfd", seed=3)
+    prefix = tmp_path / "out" / "ds"
+    prefix.parent.mkdir()
+    stats = write_sft_dataset(
+        prefix, reader, plan, seq_length=seq, pad_id=0, neat_pack=neat, sidecar={"config": {"x": 1}}
+    )
+    data = read_sft(prefix)
+    assert len(data["input_ids"]) == plan.num_rows == stats.rows
+    seen = defaultdict(int)
+    for r in range(plan.num_rows):
+        ids, mask, labels = (data[k][r] for k in KEYS)
+        assert len(ids) == len(mask) == len(labels) == seq
+        at = 0
+        for k, i in enumerate(plan.row(r)[0].tolist()):
+            want_ids, want_labels = samples[i]
+            n = len(want_ids)
+            assert ids[at : at + n].tolist() == want_ids
+            assert labels[at] == -100 and labels[at + 1 : at + n].tolist() == want_labels[1:]
+            assert mask[at : at + n].tolist() == [k + 1 if neat else 1] * n
+            seen[i] += 1
+            at += n
+        assert at < seq  # capacity seq-1: at least one pad
+        assert np.all(ids[at:] == 0) and np.all(labels[at:] == -100)
+        assert np.all(mask[at:] == (0 if neat else 1))
+    assert sorted(seen) == list(range(len(samples))) and set(seen.values()) == {1}
+    total = sum(len(s[0]) for s in samples)
+    assert stats.total_tokens == total
+    assert stats.supervised_tokens == sum(
+        int(np.count_nonzero(lab != -100)) for lab in data["labels"]
+    )
+    assert stats.efficiency == pytest.approx(total / (plan.num_rows * seq))
+    side = json.loads(sidecar_path(prefix).read_text())
+    assert side["config"] == {"x": 1} and side["stats"]["rows"] == plan.num_rows
+    assert sum(side["stats"]["samples_per_row_histogram"].values()) == plan.num_rows
+    back = PackPlan.load(plan_path(prefix))
+    assert np.array_equal(back.items, plan.items)
+    # MindSpeed's reader globs {prefix}_packed_*_document*: only the six data files match
+    matched = sorted(Path(p).name for p in glob.glob(f"{prefix}_packed_*_document*"))
+    assert matched == sorted(f"ds_packed_{k}_document.{e}" for k in KEYS for e in ("bin", "idx"))
+    assert sorted(p.name for p in prefix.parent.iterdir()) == sorted(
+        [*matched, "ds.packft.json", "ds.packft.plan.npz"]
+    )
+
+
+def test_uint16_input_ids(tmp_path: Path, shards) -> None:
+    reader, _ = shards
+    plan = plan_packing(reader.lengths, 255, "bfd")
+    write_sft_dataset(tmp_path / "u", reader, plan, seq_length=256, pad_id=2, ids_dtype=np.uint16)
+    dtype, seqs, _ = read_megatron(f"{tmp_path / 'u'}_packed_input_ids_document")
+    assert dtype == np.dtype("<u2") and len(seqs[0]) == 256
+
+
+def test_unpacked_one_sample_per_sequence(tmp_path: Path, shards) -> None:
+    reader, samples = shards
+    plan = plan_unpacked(reader.lengths, 40 - 1, overlong="drop")
+    write_sft_dataset(tmp_path / "np", reader, plan, seq_length=40, pad_id=0, pack=False)
+    data = read_sft(tmp_path / "np")
+    kept = [s for s in samples if len(s[0]) < 40]
+    assert [x.tolist() for x in data["input_ids"]] == [s[0] for s in kept]
+    assert [x.tolist() for x in data["labels"]] == [s[1] for s in kept]
+    assert all(np.all(m == 1) for m in data["attention_mask"])
+
+
+def test_failed_write_leaves_previous_dataset(tmp_path: Path, shards) -> None:
+    reader, _ = shards
+    prefix = tmp_path / "keep"
+    plan = plan_packing(reader.lengths, 127, "bfd")
+    write_sft_dataset(prefix, reader, plan, seq_length=128, pad_id=0)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    bad = plan_packing(np.append(reader.lengths, 5), 127, "bfd")  # refers to a missing sample
+    with pytest.raises(IndexError):
+        write_sft_dataset(prefix, reader, bad, seq_length=128, pad_id=0)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # no temporary files left, old files untouched
+
+
+# --- MindSpeed parity: a simulation of its packer written from its documented behaviour ---------
+
+
+def mindspeed_pack_files(
+    samples, seq: int, neat: bool, pad_id: int
+) -> dict[str, tuple[bytes, bytes]]:
+    """What MindSpeed's --pack writes: drop len >= seq (cut to seq-1 with neat), sort ascending,
+    greedy knapsack into seq-1 taking the largest that fits, equal lengths LIFO, neat mask =
+    1-based sample index, pads: ids pad_id, mask 0 (neat) / 1, labels -100; int32 rows."""
+    kept, by_len = [], defaultdict(list)
+    for ids, labels in samples:
+        if len(ids) >= seq:
+            if not neat:
+                continue
+            ids, labels = ids[: seq - 1], labels[: seq - 1]
+        by_len[len(ids)].append(len(kept))
+        kept.append((ids, labels))
+    numbers, rows = sorted(len(s[0]) for s in kept), []
+    while numbers:
+        row, free = [], seq - 1
+        while (at := bisect.bisect(numbers, free) - 1) >= 0:
+            free -= numbers[at]
+            row.append(by_len[numbers.pop(at)].pop())
+        rows.append(row)
+    out = {k: [] for k in KEYS}
+    for row in rows:
+        ids = [t for i in row for t in kept[i][0]]
+        labels = [t for i in row for t in kept[i][1]]
+        mask = [k + 1 if neat else 1 for k, i in enumerate(row) for _ in kept[i][0]]
+        pad = seq - len(ids)
+        out["input_ids"].append(ids + [pad_id] * pad)
+        out["labels"].append(labels + [-100] * pad)
+        out["attention_mask"].append(mask + [0 if neat else 1] * pad)
+    files = {}
+    for key, seqs in out.items():
+        n = len(seqs)
+        idx = b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 4, n, n + 1)
+        idx += struct.pack(f"<{n}i", *[seq] * n)
+        idx += struct.pack(f"<{n}q", *[4 * seq * r for r in range(n)])
+        idx += struct.pack(f"<{n + 1}q", *range(n + 1))
+        files[key] = (struct.pack(f"<{n * seq}i", *[t for s in seqs for t in s]), idx)
+    return files
+
+
+@pytest.mark.parametrize("neat", [False, True])
+def test_knapsack_drop_is_byte_identical_to_mindspeed(tmp_path: Path, neat: bool) -> None:
+    # many equal lengths (LIFO tie-break matters) and some overlong samples
+    samples = make_samples(300, 1, max_len=40)
+    samples += [(s[0] * 3, s[1] * 3) for s in samples[:20]]
+    seq = 64
+    write_shard(tmp_path / "s.arrow", samples)
+    with TokenShards([tmp_path / "s.arrow"]) as reader:
+        # MindSpeed drops overlong under --pack and cuts them to seq-1 under --neat-pack
+        plan = plan_packing(
+            reader.lengths, seq - 1, "knapsack", overlong="truncate" if neat else "drop"
+        )
+        write_sft_dataset(tmp_path / "ours", reader, plan, seq_length=seq, pad_id=0, neat_pack=neat)
+    for key, (bin_bytes, idx_bytes) in mindspeed_pack_files(samples, seq, neat, 0).items():
+        ours = f"{tmp_path / 'ours'}_packed_{key}_document"
+        assert Path(ours + ".idx").read_bytes() == idx_bytes, key
+        assert Path(ours + ".bin").read_bytes() == bin_bytes, key
+
+
+KILL_CHILD = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from packft.pack import plan_packing
+from packft.rows import TokenShards, write_sft_dataset
+shard, prefix, ready = sys.argv[1:4]
+with TokenShards([Path(shard)]) as reader:
+    plan = plan_packing(reader.lengths, 63, "bfd", seed=9)
+    def progress(n):
+        Path(ready).write_text("mid-write")
+        time.sleep(60)  # killed here, with every temporary file half written
+    write_sft_dataset(prefix, reader, plan, seq_length=64, pad_id=0, progress=progress)
+"""
+
+
+def test_sigkill_mid_write_leaves_previous_dataset(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    samples = make_samples(3000, 5, max_len=40)
+    shard = write_shard(tmp_path / "s.arrow", samples, batch=500)
+    out = tmp_path / "out"
+    out.mkdir()
+    with TokenShards([shard]) as reader:
+        write_sft_dataset(out / "ds", reader, plan_packing(reader.lengths, 63, "bfd"),
+                          seq_length=64, pad_id=0)  # fmt: skip
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(shard), str(out / "ds"),
+                              str(ready)])  # fmt: skip
+    deadline = time.time() + 60
+    while not ready.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the child never reached the middle of the write"
+    child.kill()
+    child.wait()
+    after = {p.name: p.read_bytes() for p in out.iterdir() if ".tmp" not in p.name}
+    assert after == before  # the previous complete dataset, sidecar included, is untouched
+    leftovers = [p.name for p in out.iterdir() if ".tmp" in p.name]
+    assert leftovers and all(name.startswith(".") for name in leftovers)  # hidden temporaries
+    assert sorted(Path(p).name for p in glob.glob(f"{out / 'ds'}_packed_*_document*")) == sorted(
+        f"ds_packed_{k}_document.{e}" for k in KEYS for e in ("bin", "idx"))  # fmt: skip
