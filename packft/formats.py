@@ -25,6 +25,7 @@ Deviations from MindSpeed, each to avoid losing or mis-training data silently: `
 OpenAI rows must alternate like ShareGPT rows; rejects are reported, not just logged. Like
 MindSpeed's ``check_dataset_info_map``, a required or explicitly mapped column that no row of the
 first batch has is a ``ValueError`` (wrong handler or a typo), not thousands of rejects.
+``--map-keys`` itself is checked and overlaid on the defaults by :mod:`packft.keymap`.
 
 Reason codes (stable, used in the rejects file and the summary):
 
@@ -54,11 +55,18 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from packft.keymap import (
+    FORMATS,
+    HANDLER_FORMATS,
+    KeyMap,
+    get_key_map,
+    normalize_format,
+    resolve_map_keys,
+)
+from packft.readers import BadRow, RecordBatch, iter_record_batches
 from packft.records import ANSWER_ROLES, PROMPT_ROLES, Conversation, Message
 from packft.rejects import (
     InvalidRecord,
@@ -67,7 +75,6 @@ from packft.rejects import (
     ValidationSummary,
     format_reject,
 )
-from packft.sources import BadRow, RecordBatch, iter_record_batches
 
 __all__ = [
     "FORMATS",
@@ -84,156 +91,6 @@ __all__ = [
     "to_conversation",
     "validate_file",
 ]
-
-HANDLER_FORMATS = {
-    "AlpacaStyleInstructionHandler": "alpaca",
-    "SharegptStyleInstructionHandler": "sharegpt",
-    "OpenAIInstructionHandler": "openai",
-}
-FORMATS = ("alpaca", "sharegpt", "openai")
-_COLUMNS: dict[str, dict[str, str]] = {
-    "alpaca": {
-        "prompt": "instruction",
-        "query": "input",
-        "response": "output",
-        "system": "system",
-        "history": "history",
-    },
-    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
-    "openai": {"messages": "messages", "system": "system", "tools": "tools"},
-}
-_TAGS: dict[str, dict[str, str]] = {
-    "sharegpt": {
-        "role_tag": "from",
-        "content_tag": "value",
-        "user_tag": "human",
-        "assistant_tag": "gpt",
-        "observation_tag": "observation",
-        "function_tag": "function_call",
-        "system_tag": "system",
-    },
-    "openai": {
-        "role_tag": "role",
-        "content_tag": "content",
-        "user_tag": "user",
-        "assistant_tag": "assistant",
-        "observation_tag": "tool",
-        "function_tag": "function_call",
-        "system_tag": "system",
-    },
-}
-_REQUIRED = {"response", "messages"}  # may be renamed but not switched off
-_PAIRWISE = {"chosen", "rejected", "kto_tag"}
-
-
-@dataclass(frozen=True)
-class KeyMap:
-    """Resolved field and tag names for one format (defaults overlaid with ``--map-keys``)."""
-
-    fmt: str
-    columns: dict[str, str | None]
-    tags: dict[str, str] = field(default_factory=dict)
-    explicit: frozenset[str] = frozenset()  # column roles named in --map-keys
-
-    def expected_columns(self) -> dict[str, str]:
-        """Columns a file must have: required ones and every one named in ``--map-keys``."""
-        wanted = {"prompt", "response", "messages"} | self.explicit
-        return {k: v for k, v in self.columns.items() if k in wanted and v is not None}
-
-    def roles(self) -> dict[str, str]:
-        """Role tag in the data -> canonical role (system handled separately)."""
-        t = self.tags
-        mapping = {
-            t["user_tag"]: "user",
-            t["assistant_tag"]: "assistant",
-            t["observation_tag"]: "observation",
-            t["function_tag"]: "function",
-        }
-        if self.fmt == "openai":
-            mapping.setdefault("function", "observation")  # legacy function-result messages
-        return mapping
-
-
-def normalize_format(fmt: str) -> str:
-    """``alpaca``/``sharegpt``/``openai`` or a MindSpeed handler name -> the format name."""
-    name = HANDLER_FORMATS.get(fmt, fmt)
-    if name not in FORMATS:
-        raise ValueError(
-            f"unknown data format or handler {fmt!r}; use one of {', '.join(FORMATS)} or "
-            f"{', '.join(HANDLER_FORMATS)} (MindSpeed silently falls back to pretraining here)"
-        )
-    return name
-
-
-def resolve_map_keys(fmt: str, map_keys: Mapping[str, Any] | str | None) -> KeyMap:
-    """Validate ``--map-keys`` (a dict or its JSON text) for ``fmt`` and overlay the defaults.
-
-    Raises:
-        ValueError: listing every unknown key or bad value at once.
-    """
-    fmt = normalize_format(fmt)
-    if isinstance(map_keys, str):
-        try:
-            map_keys = json.loads(map_keys) if map_keys.strip() else None
-        except ValueError as exc:
-            raise ValueError(f"--map-keys is not valid JSON: {exc}") from None
-    columns: dict[str, str | None] = dict(_COLUMNS[fmt])
-    tags = dict(_TAGS.get(fmt, {}))
-    if map_keys is None:
-        return KeyMap(fmt, columns, tags)
-    if not isinstance(map_keys, Mapping):
-        raise ValueError(f"--map-keys must be a JSON object, got {type(map_keys).__name__}")
-    problems: list[str] = []
-    flat = dict(map_keys)
-    nested = flat.pop("tags", None)
-    if nested is not None:
-        if not tags or not isinstance(nested, Mapping):
-            problems.append(
-                f"'tags' must be an object and only applies to sharegpt/openai, not {fmt}"
-            )
-        else:
-            flat.update(nested)
-    for key, value in flat.items():
-        if key in columns:
-            if value is None and key in _REQUIRED:
-                problems.append(f"{key!r} cannot be null for {fmt}")
-            elif value is not None and not isinstance(value, str):
-                problems.append(f"{key!r} must name a field (string or null), got {value!r}")
-            else:
-                columns[key] = value
-        elif key in tags:
-            if not isinstance(value, str):
-                problems.append(f"tag {key!r} must be a string, got {value!r}")
-            else:
-                tags[key] = value
-        elif key in _PAIRWISE:
-            problems.append(f"{key!r} is for MindSpeed's pairwise handlers; packft builds SFT data")
-        else:
-            problems.append(f"unknown key {key!r}")
-    if problems:
-        allowed = sorted(columns) + (["tags", *sorted(tags)] if tags else [])
-        raise ValueError(
-            f"--map-keys for {fmt}: {'; '.join(problems)}. Allowed keys: {', '.join(allowed)}; "
-            f"defaults: {json.dumps({**_COLUMNS[fmt], **({'tags': _TAGS[fmt]} if tags else {})})}"
-        )
-    explicit = frozenset(k for k, v in flat.items() if k in columns and v is not None)
-    return KeyMap(fmt, columns, tags, explicit)
-
-
-@lru_cache(maxsize=64)
-def _cached_key_map(fmt: str, map_keys_json: str) -> KeyMap:
-    return resolve_map_keys(fmt, json.loads(map_keys_json))
-
-
-def _key_map(fmt: str, map_keys: KeyMap | Mapping[str, Any] | str | None) -> KeyMap:
-    if isinstance(map_keys, KeyMap):
-        if map_keys.fmt != fmt:
-            raise ValueError(f"key map was resolved for {map_keys.fmt!r}, not {fmt!r}")
-        return map_keys
-    if isinstance(map_keys, str):
-        return resolve_map_keys(fmt, map_keys)
-    return _cached_key_map(fmt, json.dumps(map_keys, sort_keys=True))
-
 
 # ---------------------------------------------------------------------------- field checks
 
@@ -432,7 +289,7 @@ def to_conversation(
         InvalidRecord: the row is not a valid sample; ``.reason`` is one of the codes above.
         ValueError: unknown ``fmt`` or bad ``map_keys``.
     """
-    keys = _key_map(normalize_format(fmt), map_keys)
+    keys = get_key_map(normalize_format(fmt), map_keys)
     return _CONVERTERS[keys.fmt](_check_row(row), keys)
 
 
@@ -468,7 +325,7 @@ def iter_conversations(
     Raises:
         InvalidRecordError: from ``rejects`` when it was opened with ``on_invalid="fail"``.
     """
-    keys = _key_map(normalize_format(fmt), map_keys)
+    keys = get_key_map(normalize_format(fmt), map_keys)
     convert = _CONVERTERS[keys.fmt]
     checked = False
     for batch in batches:
@@ -503,7 +360,7 @@ def validate_file(
         InvalidRecordError: first invalid record when ``on_invalid="fail"``.
         ValueError: unknown format or bad ``map_keys`` (before any reading).
     """
-    keys = _key_map(normalize_format(fmt), map_keys)
+    keys = get_key_map(normalize_format(fmt), map_keys)
     with RejectLog(rejects_path, on_invalid) as log:
         for _ in iter_conversations(iter_record_batches(path, batch_size), keys.fmt, keys, log):
             pass

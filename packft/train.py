@@ -10,12 +10,11 @@ the same curve. AdamW, linear warmup + cosine decay to --min-lr, gradient accumu
 CPU). Distributed with torchrun: DDP by default, FSDP2 `fully_shard` per decoder layer with
 --use-torch-fsdp2; backend hccl/nccl/gloo follows the device.
 
-Checkpoints (every --save-interval steps): `{save}/checkpoints/iter_{step:07d}` holds model and
-optimizer through torch.distributed.checkpoint, plus scheduler/sampler/step (rank 0) and each rank's
-RNG state; it is written under a temporary name and renamed, then `latest` is replaced atomically.
-`--resume` restores all of it, so a run killed after step k and resumed ends with bit-identical
-weights (tests/test_train.py). Final weights: `{save}/hf` (safetensors + config + tokenizer) and,
-with --save-mcore, `{save}/mcore` through the converter. Per-step metrics go to the tracker
+Checkpoints live in `packft.checkpoint`: every --save-interval steps
+`{save}/checkpoints/iter_{step:07d}` (written atomically), at the end `{save}/hf` (with
+--save-mcore also `{save}/mcore`). `--resume` restores model, optimizer, scheduler, sampler, step
+and RNG, so a run killed after step k and resumed ends with bit-identical weights
+(tests/test_train.py). Per-step metrics go to the tracker
 (`loss`, `lr`, `grad_norm`, `tokens_per_s`, `padding_fraction`) and to `{save}/train_log.jsonl`.
 The command ends by printing one JSON line (steps, first/final loss, real tokens/s, checkpoint).
 Measured on this shared 2-core CPU (load ~8): a 2-layer 32-dim Llama with the 32k llama2 vocab
@@ -31,21 +30,27 @@ import json
 import logging
 import math
 import os
-import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch  # noqa: E402, I001
 import torch.distributed as dist  # noqa: E402
 from pydantic import BaseModel, Field, model_validator
 
 from packft import device as devices  # sets TORCH_DEVICE_BACKEND_AUTOLOAD before torch loads
-from packft.atomic import atomic_write_bytes, fsync_dir
+from packft.checkpoint import (  # noqa: F401 (those unused here are re-exported: they lived here)
+    barrier,
+    checkpoint_root,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_final,
+    set_rng_state,
+)
 from packft.config import add_model_arguments, model_from_args
 
 log = logging.getLogger("packft.train")
@@ -437,128 +442,3 @@ def log_dataset_stats(dataset: Any, tracker: Any) -> None:
         tracker.log(numbers, step=0)
     if sidecar:
         tracker.log_dict(sidecar, "dataset_sidecar.json")
-
-
-# ------------------------------------------------------------------ checkpoints
-def checkpoint_root(cfg: TrainConfig) -> Path:
-    return Path(cfg.save) / "checkpoints"
-
-
-def latest_checkpoint(cfg: TrainConfig) -> str | None:
-    latest = checkpoint_root(cfg) / "latest"
-    return str(checkpoint_root(cfg) / latest.read_text().strip()) if latest.exists() else None
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def save_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts, step: int) -> Path:
-    """DCP model+optimizer, trainer state and RNG into a temp dir, renamed into place."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    root = checkpoint_root(cfg)
-    final, tmp = root / f"iter_{step:07d}", root / f".tmp-iter_{step:07d}"
-    if env.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
-    msd, osd = get_state_dict(p.model, p.optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
-    torch.save(rng_state(), tmp / f"rng_rank{env.rank:05d}.pt")
-    barrier()
-    if env.main:
-        trainer = {"step": step, "scheduler": p.scheduler.state_dict(), "world": env.world,
-                   "sampler": p.sampler.state_dict(), "config": cfg.model_dump()}  # fmt: skip
-        torch.save(trainer, tmp / "trainer_state.pt")
-        for path in tmp.iterdir():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        atomic_write_bytes(root / "latest", final.name.encode())
-    barrier()
-    return final
-
-
-def load_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    found = latest_checkpoint(cfg)
-    if found is None:
-        raise FileNotFoundError(
-            f"--resume: {checkpoint_root(cfg) / 'latest'} not found; no checkpoint was saved "
-            f"under --save {cfg.save} (use --save-interval N), or drop --resume to start fresh"
-        )
-    ckpt = Path(found)
-    msd, osd = get_state_dict(p.model, p.optimizer)
-    state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=ckpt)
-    set_state_dict(
-        p.model, p.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
-    )
-    trainer = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    p.scheduler.load_state_dict(trainer["scheduler"])
-    p.sampler.load_state_dict(trainer["sampler"])
-    p.step = int(trainer["step"])
-    rng = ckpt / f"rng_rank{env.rank:05d}.pt"
-    if rng.exists():  # a different world size keeps the fresh RNG (data order is unaffected)
-        set_rng_state(torch.load(rng, weights_only=False))
-    log.info("resumed from %s at step %d", ckpt, p.step)
-
-
-def save_final(cfg: TrainConfig, env: DistEnv, model: torch.nn.Module) -> str:
-    """Full weights as HF safetensors in {save}/hf (and mcore in {save}/mcore with --save-mcore)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=opts)
-    out = Path(cfg.save) / "hf"
-    if env.main:
-        core = model.module if hasattr(model, "module") else model
-        tmp = Path(cfg.save) / ".tmp-hf"
-        shutil.rmtree(tmp, ignore_errors=True)
-        core.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        config = json.loads((tmp / "config.json").read_text())
-        config.pop("_attn_implementation", None)  # loadable without packft
-        config.pop("attn_implementation", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        if cfg.tokenizer_name_or_path:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-        if cfg.save_mcore:
-            from packft.convert import save_hf_as_mcore
-
-            save_hf_as_mcore(out, Path(cfg.save) / "mcore", cfg.tensor_model_parallel_size,
-                             cfg.pipeline_model_parallel_size, overwrite=True)  # fmt: skip
-    barrier()
-    return str(out)

@@ -1,6 +1,7 @@
 """HF <-> Megatron-mcore conversion: exact round trips, a forward pass from mcore files, safety.
 
-Tiny random models of every supported architecture are built with transformers in the tests.
+Tiny random models of every supported architecture (tests/tiny_models.py) are built with
+transformers in the tests.
 """
 
 from __future__ import annotations
@@ -16,105 +17,27 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from tiny_models import COMMON, LLAMA2, LLAMA3, MISTRAL, QWEN2, QWEN2_UNTIED, build_model, tiny
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from packft.cli import main as cli_main
 from packft.convert import load_mcore_as_hf, mcore_to_hf, save_hf_as_mcore
 from packft.convert_io import UnsafeCheckpointError, load_mcore_file
 from packft.convert_keys import ConvertError
 
-COMMON = dict(hidden_act="silu", max_position_embeddings=128, rms_norm_eps=1e-5)
-MODELS = {
-    # name: (config class, model class, config kwargs)
-    "llama2": (
-        LlamaConfig,
-        LlamaForCausalLM,
-        dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=64,
-            tie_word_embeddings=False,
-        ),
-    ),
-    "llama3": (
-        LlamaConfig,
-        LlamaForCausalLM,
-        dict(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            vocab_size=96,
-            rope_theta=500000.0,
-            tie_word_embeddings=True,
-        ),
-    ),
-    "mistral": (
-        MistralConfig,
-        MistralForCausalLM,
-        dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            head_dim=16,
-            vocab_size=64,
-            sliding_window=None,
-            tie_word_embeddings=False,
-        ),
-    ),
-    "qwen2": (
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            vocab_size=64,
-            rope_theta=1000000.0,
-            tie_word_embeddings=True,
-        ),
-    ),
-    "qwen2-untied": (
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=64,
-            tie_word_embeddings=False,
-        ),
-    ),
+MODELS = {  # name: (transformers architecture prefix, config kwargs); 4 layers allow PP up to 4
+    "llama2": tiny(LLAMA2, num_hidden_layers=4),
+    "llama3": tiny(LLAMA3, num_hidden_layers=4),
+    "mistral": tiny(MISTRAL, num_hidden_layers=4),
+    "qwen2": tiny(QWEN2, num_hidden_layers=4),
+    "qwen2-untied": tiny(QWEN2_UNTIED, num_hidden_layers=2),
 }
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 2)]
 
 
 def build(name: str, seed: int = 0) -> torch.nn.Module:
-    cfg_cls, model_cls, kwargs = MODELS[name]
-    torch.manual_seed(seed)
-    model = model_cls(cfg_cls(**COMMON, **kwargs)).eval()
-    with torch.no_grad():  # random norms and biases too, so a swapped tensor cannot hide
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight") or n.endswith(".bias"):
-                p.uniform_(0.5, 1.5) if n.endswith("norm.weight") else p.normal_()
-    return model
+    arch, kwargs = MODELS[name]
+    return build_model(arch, {**COMMON, **kwargs}, seed)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +75,7 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_round_trip_bit_identical(name: str, hf_dirs: dict[str, Path], tmp_path: Path) -> None:
     original = hf_tensors(hf_dirs[name])
-    layers = MODELS[name][2]["num_hidden_layers"]
+    layers = MODELS[name][1]["num_hidden_layers"]
     for tp, pp in LAYOUTS:
         if pp > layers:
             continue
@@ -565,7 +488,7 @@ def test_rope_scaling_saved_as_megatron_args(tmp_path: Path) -> None:
         high_freq_factor=4.0,
         original_max_position_embeddings=64,
     )
-    cfg = LlamaConfig(**COMMON, **{**MODELS["llama3"][2], "rope_parameters": rope})
+    cfg = LlamaConfig(**COMMON, **{**MODELS["llama3"][1], "rope_parameters": rope})
     model = LlamaForCausalLM(cfg)
     save_hf_as_mcore(model.state_dict(), tmp_path / "mg", config=cfg)
     args = mcore_states(tmp_path / "mg")["mp_rank_00"]["args"]

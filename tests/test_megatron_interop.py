@@ -1,10 +1,11 @@
 """megatron-core 0.12.2 itself reads packft's outputs: converted checkpoints and packed datasets.
 
 Checkpoints. Tiny random HF models (Llama 2, Llama 3 with GQA and tied embeddings, Llama 3.1 RoPE
-scaling, Mistral with a head_dim that is not hidden/heads, Qwen2 with QKV bias, tied and untied)
-are converted with :func:`packft.convert.save_hf_as_mcore` at TP 1 and TP 2. Two spawned CPU ranks
-(gloo) build megatron-core's ``GPTModel`` with the local layer spec from the checkpoint ``args``,
-load their rank's ``model_optim_rng.pt`` with ``strict=True``, run one forward pass and gather the
+scaling, Mistral with a head_dim that is not hidden/heads, Qwen2 with QKV bias, tied and untied;
+shapes shared with the converter tests in tests/tiny_models.py) are converted with
+:func:`packft.convert.save_hf_as_mcore` at TP 1 and TP 2. Two spawned CPU ranks (gloo) build
+megatron-core's ``GPTModel`` with the local layer spec from the checkpoint ``args``, load their
+rank's ``model_optim_rng.pt`` with ``strict=True``, run one forward pass and gather the
 vocab-parallel logits, which must match the HF model's to 1e-5 (float32). One spawn serves all
 cases: importing torch and megatron twice per case would cost more than the forward passes. CPU
 shims, in the child processes only: megatron puts RoPE frequencies on
@@ -35,6 +36,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_models import COMMON as TINY_COMMON
+from tiny_models import LLAMA2, LLAMA3, MISTRAL, QWEN2, QWEN2_UNTIED, build_model, tiny
 
 from packft.indexed import (
     DTYPE_CODES,
@@ -60,9 +63,7 @@ INSTALL_HINT = (
 
 # initializer_range 0.1 (HF default 0.02): attention must depend on position, or a RoPE mistake
 # would hide under the tolerance (test_cases_are_position_sensitive).
-COMMON = dict(
-    hidden_act="silu", max_position_embeddings=128, rms_norm_eps=1e-5, initializer_range=0.1
-)
+COMMON = {**TINY_COMMON, "initializer_range": 0.1}
 LLAMA31_ROPE = dict(  # the Llama 3.1 values; megatron-core 0.12 hard-codes all but the factor
     rope_type="llama3",
     factor=8.0,
@@ -71,39 +72,18 @@ LLAMA31_ROPE = dict(  # the Llama 3.1 values; megatron-core 0.12 hard-codes all 
     original_max_position_embeddings=8192,
 )
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name: (transformers architecture prefix, config kwargs)
-    "llama2": (
-        "Llama",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=4, vocab_size=64, tie_word_embeddings=False),
-    ),
-    "llama3-gqa-tied": (
-        "Llama",
-        dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
-             num_key_value_heads=4, vocab_size=96, rope_theta=500000.0, tie_word_embeddings=True),
-    ),
+    # name: (transformers architecture prefix, config kwargs); shapes from tests/tiny_models.py
+    "llama2": tiny(LLAMA2, num_hidden_layers=2),
+    "llama3-gqa-tied": tiny(LLAMA3, num_hidden_layers=2),
     "llama3.1-rope-scaling": (
         "Llama",
         dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=64, rope_theta=500000.0,
              rope_scaling=LLAMA31_ROPE, max_position_embeddings=16384, tie_word_embeddings=False),
     ),
-    "mistral": (
-        "Mistral",
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
-             num_key_value_heads=4, head_dim=16, vocab_size=64, sliding_window=None,
-             tie_word_embeddings=False),
-    ),
-    "qwen2-bias-tied": (
-        "Qwen2",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=8,
-             num_key_value_heads=4, vocab_size=64, rope_theta=1000000.0, tie_word_embeddings=True),
-    ),
-    "qwen2-bias-untied": (
-        "Qwen2",
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=64, tie_word_embeddings=False),
-    ),
+    "mistral": tiny(MISTRAL, num_hidden_layers=2),
+    "qwen2-bias-tied": tiny(QWEN2, num_hidden_layers=2),
+    "qwen2-bias-untied": tiny(QWEN2_UNTIED, num_hidden_layers=2, num_key_value_heads=2),
 }  # fmt: skip
 CASES = [(name, tp) for name in MODELS for tp in TP_SIZES]
 
@@ -138,19 +118,8 @@ def test_megatron_core_is_installed() -> None:
 # ------------------------------------------------------------------------------------ checkpoints
 def _build_hf(name: str, seed: int = 0) -> torch.nn.Module:
     """A random float32 model; norms and biases are randomized too so a swap cannot hide."""
-    import transformers
-
     arch, kwargs = MODELS[name]
-    config = getattr(transformers, f"{arch}Config")(**{**COMMON, **kwargs})
-    torch.manual_seed(seed)
-    model = getattr(transformers, f"{arch}ForCausalLM")(config).eval()
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if key.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-            elif key.endswith(".bias"):
-                p.normal_()
-    return model
+    return build_model(arch, {**COMMON, **kwargs}, seed)
 
 
 def _megatron_forward(ckpt_file: Path, ids: torch.Tensor, tp: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from packft import sources
+from packft import readers, sources
 from packft.download import ChecksumMismatchError, DownloadError, HubUnavailableError, fetch_url
 from packft.sources import (
     BadRow,
@@ -137,7 +137,7 @@ def test_json_list_and_json_lines_in_dot_json(tmp_path: Path) -> None:
 
 
 def test_json_list_elements_across_chunk_boundaries(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sources, "_CHAR_CHUNK", 7)  # every element spans many reads
+    monkeypatch.setattr(readers, "_CHAR_CHUNK", 7)  # every element spans many reads
     records = [*ALPACA, {"n": 12345678901234, "big": "x" * 5000}, 3.25, [1, [2]], None]
     (tmp_path / "l.json").write_text(json.dumps(records), encoding="utf-8")
     assert read_all(tmp_path / "l.json", batch_size=4) == records
@@ -190,7 +190,7 @@ def test_jsonl_broken_line_becomes_badrow_with_its_row(tmp_path: Path) -> None:
 def test_jsonl_type_change_after_first_block_falls_back_in_place(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(sources, "_BLOCK", 256)  # Arrow infers the schema from the first rows
+    monkeypatch.setattr(readers, "_BLOCK", 256)  # Arrow infers the schema from the first rows
     records = [{"a": i, "b": "x" * 20} for i in range(40)] + [{"a": "text now", "b": [1, 2]}]
     records += [{"a": i} for i in range(5)]
     assert read_all(write_jsonl(tmp_path / "m.jsonl", records), batch_size=3) == records

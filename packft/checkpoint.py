@@ -1,0 +1,180 @@
+"""Training checkpoints of `packft train`: what is saved, how it is written, how a run resumes.
+
+What is saved. Every --save-interval steps, `{save}/checkpoints/iter_{step:07d}/` receives:
+
+* model and optimizer state through `torch.distributed.checkpoint` (DCP), written by every rank
+  (so DDP and FSDP2 shards alike, via `get_state_dict`);
+* `rng_rank{rank:05d}.pt`: each rank's Python, NumPy, torch (and CUDA) RNG states;
+* `trainer_state.pt` (rank 0): step, LR scheduler, data sampler position, world size, config.
+
+`{save}/checkpoints/latest` holds the name of the newest `iter_*` directory. At the end of a
+completed run, :func:`save_final` writes full weights as Hugging Face safetensors to `{save}/hf`
+(config without packft's attention implementation, plus the tokenizer) and, with --save-mcore,
+a Megatron-mcore copy to `{save}/mcore` through the converter.
+
+Atomic write. A checkpoint is written into `.tmp-iter_{step:07d}`, every file is fsynced, the
+directory is renamed to its final name and its parent fsynced, and only then is `latest` replaced
+(temp file + fsync + rename, :mod:`packft.atomic`). A run killed at any moment therefore leaves
+`latest` naming a complete checkpoint; `{save}/hf` is likewise written as `.tmp-hf` and renamed.
+
+Exact resume. `--resume` (:func:`load_checkpoint`) restores model, optimizer, scheduler, sampler
+and step from `latest`, and each rank's RNG when the world size is unchanged (otherwise the fresh
+RNG is kept; data order comes from the sampler state and is unaffected). A run killed after step
+k and resumed therefore ends with bit-identical weights to an uninterrupted run
+(tests/test_train.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from packft.atomic import atomic_write_bytes, fsync_dir
+
+if TYPE_CHECKING:
+    from packft.train import DistEnv, Parts, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_root(cfg: TrainConfig) -> Path:
+    """`{save}/checkpoints`: the `iter_*` directories and the `latest` pointer."""
+    return Path(cfg.save) / "checkpoints"
+
+
+def latest_checkpoint(cfg: TrainConfig) -> str | None:
+    """The checkpoint directory `latest` names, or None before the first save."""
+    latest = checkpoint_root(cfg) / "latest"
+    return str(checkpoint_root(cfg) / latest.read_text().strip()) if latest.exists() else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step may draw from (Python, NumPy, torch, CUDA when present)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def barrier() -> None:
+    """`dist.barrier()` when distributed; nothing on a single process."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts, step: int) -> Path:
+    """DCP model+optimizer, trainer state and RNG into a temp dir, renamed into place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = checkpoint_root(cfg)
+    final, tmp = root / f"iter_{step:07d}", root / f".tmp-iter_{step:07d}"
+    if env.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    msd, osd = get_state_dict(p.model, p.optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+    torch.save(rng_state(), tmp / f"rng_rank{env.rank:05d}.pt")
+    barrier()
+    if env.main:
+        trainer = {"step": step, "scheduler": p.scheduler.state_dict(), "world": env.world,
+                   "sampler": p.sampler.state_dict(), "config": cfg.model_dump()}  # fmt: skip
+        torch.save(trainer, tmp / "trainer_state.pt")
+        for path in tmp.iterdir():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+        atomic_write_bytes(root / "latest", final.name.encode())
+    barrier()
+    return final
+
+
+def load_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts) -> None:
+    """Restore what :func:`save_checkpoint` wrote, from `latest`, into ``p`` (``p.step`` too).
+
+    Raises:
+        FileNotFoundError: no checkpoint under --save (the message says how to get one).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    found = latest_checkpoint(cfg)
+    if found is None:
+        raise FileNotFoundError(
+            f"--resume: {checkpoint_root(cfg) / 'latest'} not found; no checkpoint was saved "
+            f"under --save {cfg.save} (use --save-interval N), or drop --resume to start fresh"
+        )
+    ckpt = Path(found)
+    msd, osd = get_state_dict(p.model, p.optimizer)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=ckpt)
+    set_state_dict(
+        p.model, p.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+    trainer = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    p.scheduler.load_state_dict(trainer["scheduler"])
+    p.sampler.load_state_dict(trainer["sampler"])
+    p.step = int(trainer["step"])
+    rng = ckpt / f"rng_rank{env.rank:05d}.pt"
+    if rng.exists():  # a different world size keeps the fresh RNG (data order is unaffected)
+        set_rng_state(torch.load(rng, weights_only=False))
+    log.info("resumed from %s at step %d", ckpt, p.step)
+
+
+def save_final(cfg: TrainConfig, env: DistEnv, model: torch.nn.Module) -> str:
+    """Full weights as HF safetensors in {save}/hf (and mcore in {save}/mcore with --save-mcore)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=opts)
+    out = Path(cfg.save) / "hf"
+    if env.main:
+        core = model.module if hasattr(model, "module") else model
+        tmp = Path(cfg.save) / ".tmp-hf"
+        shutil.rmtree(tmp, ignore_errors=True)
+        core.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        config = json.loads((tmp / "config.json").read_text())
+        config.pop("_attn_implementation", None)  # loadable without packft
+        config.pop("attn_implementation", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if cfg.tokenizer_name_or_path:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path).save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+        if cfg.save_mcore:
+            from packft.convert import save_hf_as_mcore
+
+            save_hf_as_mcore(out, Path(cfg.save) / "mcore", cfg.tensor_model_parallel_size,
+                             cfg.pipeline_model_parallel_size, overwrite=True)  # fmt: skip
+    barrier()
+    return str(out)
