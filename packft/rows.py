@@ -254,8 +254,16 @@ def write_sft_dataset(
         mask_row = np.empty(seq_length, np.int32)
         supervised = 0
         pending = 0
+        # Unpacked output keeps MindSpeed's index exactly: a dropped sample still closes an
+        # (empty) document at its place in input order.
+        dropped = np.sort(plan.dropped) if not pack else np.zeros(0, np.int64)
+        next_dropped = 0
         for r in range(plan.num_rows):
             items, starts, lengths = plan.row(r)
+            while next_dropped < len(dropped) and len(items) and dropped[next_dropped] < items[0]:
+                for w in writers.values():
+                    w.end_document()
+                next_dropped += 1
             at = 0
             for k in range(len(items)):
                 n = int(lengths[k])
@@ -283,6 +291,9 @@ def write_sft_dataset(
                 pending = 0
         if progress is not None and pending:
             progress(pending)
+        for _ in range(next_dropped, len(dropped)):
+            for w in writers.values():
+                w.end_document()
         pairs = [pair for w in writers.values() for pair in w.finalize()]
     except BaseException:
         for w in writers.values():

@@ -45,11 +45,15 @@ def read_megatron(prefix: str) -> tuple[np.dtype, list[np.ndarray], np.ndarray]:
     return dtype, seqs, docs
 
 
-def read_sft(prefix: Path) -> dict[str, list[np.ndarray]]:
+def read_sft(prefix: Path, documents: int | None = None) -> dict[str, list[np.ndarray]]:
+    """The three fields; one sequence per document unless ``documents`` (with empty ones) given."""
     out = {}
     for key in KEYS:
         dtype, seqs, docs = read_megatron(f"{prefix}_packed_{key}_document")
-        assert np.array_equal(docs, np.arange(len(seqs) + 1))  # one sequence per document
+        if documents is None:
+            assert np.array_equal(docs, np.arange(len(seqs) + 1))  # one sequence per document
+        else:
+            assert len(docs) == documents + 1 and np.all(np.diff(docs) >= 0)
         assert dtype == (np.dtype("<i4") if key != "input_ids" else dtype)
         out[key] = seqs
     return out
@@ -178,8 +182,9 @@ def test_unpacked_one_sample_per_sequence(tmp_path: Path, shards) -> None:
     reader, samples = shards
     plan = plan_unpacked(reader.lengths, 40 - 1, overlong="drop")
     write_sft_dataset(tmp_path / "np", reader, plan, seq_length=40, pad_id=0, pack=False)
-    data = read_sft(tmp_path / "np")
+    data = read_sft(tmp_path / "np", documents=len(samples))  # dropped = empty documents
     kept = [s for s in samples if len(s[0]) < 40]
+    assert len(kept) < len(samples)
     assert [x.tolist() for x in data["input_ids"]] == [s[0] for s in kept]
     assert [x.tolist() for x in data["labels"]] == [s[1] for s in kept]
     assert all(np.all(m == 1) for m in data["attention_mask"])
@@ -256,6 +261,45 @@ def test_knapsack_drop_is_byte_identical_to_mindspeed(tmp_path: Path, neat: bool
         )
         write_sft_dataset(tmp_path / "ours", reader, plan, seq_length=seq, pad_id=0, neat_pack=neat)
     for key, (bin_bytes, idx_bytes) in mindspeed_pack_files(samples, seq, neat, 0).items():
+        ours = f"{tmp_path / 'ours'}_packed_{key}_document"
+        assert Path(ours + ".idx").read_bytes() == idx_bytes, key
+        assert Path(ours + ".bin").read_bytes() == bin_bytes, key
+
+
+def mindspeed_unpacked_files(samples, seq: int) -> dict[str, tuple[bytes, bytes]]:
+    """What MindSpeed writes without --pack: each sample in input order as one sequence and one
+    document, except samples of seq tokens or more, which add no sequence but still close a
+    document (so the document index repeats); all-ones mask; int32."""
+    out = {k: [] for k in KEYS}
+    docs = [0]
+    for ids, labels in samples:
+        if len(ids) < seq:
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["attention_mask"].append([1] * len(ids))
+        docs.append(len(out["input_ids"]))
+    files = {}
+    for key, seqs in out.items():
+        n, lens = len(seqs), [len(x) for x in seqs]
+        idx = b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 4, n, len(docs))
+        idx += struct.pack(f"<{n}i", *lens)
+        idx += struct.pack(f"<{n}q", *np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int) * 4)
+        idx += struct.pack(f"<{len(docs)}q", *docs)
+        files[key] = (struct.pack(f"<{sum(lens)}i", *[t for x in seqs for t in x]), idx)
+    return files
+
+
+def test_unpacked_drop_is_byte_identical_to_mindspeed(tmp_path: Path) -> None:
+    samples = make_samples(120, 3, max_len=40)
+    samples[5] = (samples[5][0] * 4, samples[5][1] * 4)  # overlong, early
+    samples[-1] = (samples[-1][0] * 4, samples[-1][1] * 4)  # overlong, last
+    seq = 48
+    assert sum(len(ids) >= seq for ids, _ in samples) >= 2
+    write_shard(tmp_path / "s.arrow", samples)
+    with TokenShards([tmp_path / "s.arrow"]) as reader:
+        plan = plan_unpacked(reader.lengths, seq - 1, overlong="drop")
+        write_sft_dataset(tmp_path / "ours", reader, plan, seq_length=seq, pad_id=0, pack=False)
+    for key, (bin_bytes, idx_bytes) in mindspeed_unpacked_files(samples, seq).items():
         ours = f"{tmp_path / 'ours'}_packed_{key}_document"
         assert Path(ours + ".idx").read_bytes() == idx_bytes, key
         assert Path(ours + ".bin").read_bytes() == bin_bytes, key
