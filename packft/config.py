@@ -93,7 +93,8 @@ def format_validation_error(error: ValidationError, model: type[BaseModel]) -> s
     lines = [f"{error.error_count()} problem(s) in the {model.__name__}:"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(config)"
-        flag = flag_name(str(item["loc"][0])) if item["loc"] else ""
+        names = [part for part in item["loc"] if isinstance(part, str)]
+        flag = flag_name(names[-1]) if names else ""
         lines.append(f"  - {where} ({flag}): {item['msg']}")
     return "\n".join(lines)
 

@@ -1,0 +1,110 @@
+"""``finetune``: convert_checkpoint (HF -> mcore) -> finetune (packft.train) -> export.
+
+The trainer's own MLflow run (per-step ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``) is
+nested under this flow run's ``train`` stage run; cached stages are still logged from their
+stored results. Run: ``python -m flows.finetune CONFIG.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from prefect import flow
+
+from flows import reporting
+from packft.pipeline_config import FinetuneConfig, load_flow_config
+from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, finetune
+
+
+def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
+    """Run ``finetune`` with the trainer's MLflow run nested under a ``train`` stage run."""
+    stage = tracker.child("train", tags={"packft.stage": "train"})
+    train_cfg = cfg.train.model_copy(
+        update={"tracking": cfg.run.tracking, "tracking_uri": tracker.tracking_uri,
+                "run_name": "trainer"}
+    )  # fmt: skip
+    parent = None
+    if stage.run_id:
+        parent = {"run_id": stage.run_id, "experiment": stage.experiment,
+                  "tracking_uri": stage.tracking_uri}  # fmt: skip
+    state = finetune.with_options(result_storage=cfg.run.result_path)(
+        train_cfg,
+        dataset_digest(train_cfg.data_path),
+        dir_digest(train_cfg.model or train_cfg.load),
+        parent,
+        return_state=True,
+    )
+    summary = {**state.result(), "state": state.name}
+    stage.log(reporting.numbers(summary), step=0)
+    stage.log_dict(summary, "train_summary.json")
+    stage.close()
+    return summary
+
+
+def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """The flow body (also called by ``pipeline``); returns the run summary."""
+    started = time.perf_counter()
+    run = cfg.run
+    storage = run.result_path
+    with reporting.flow_tracker(
+        run.tracking_uri, run.experiment or "finetune", enabled=run.tracking,
+        parent_run_id=parent_run_id,
+    ) as tracker:  # fmt: skip
+        tracker.log_config(cfg.model_dump(mode="json"))
+        states: dict[str, str] = {}
+        if cfg.convert is not None:
+            converted = convert_checkpoint.with_options(result_storage=storage)(
+                cfg.convert, dir_digest(cfg.convert.load_dir), return_state=True
+            )
+            states["convert_checkpoint"] = converted.name
+            reporting.log_stage(tracker, "convert", {}, details=converted.result()).close()
+        summary = train_stage(cfg, tracker)
+        states["finetune"] = summary.pop("state")
+        hf_dir = summary.get("checkpoint") or f"{cfg.train.save}/hf"
+        exported = export.with_options(result_storage=storage)(
+            hf_dir, dir_digest(hf_dir), cfg.export, return_state=True
+        )
+        states["export"] = exported.name
+        if cfg.export.log_model:
+            tracker.log_artifacts(hf_dir, "model")
+        return reporting.finish_finetune_run(
+            tracker, summary, exported.result(), states, time.perf_counter() - started
+        )
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: FinetuneConfig | None = None,
+    mlflow_parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune on a packed dataset; see the module docstring.
+
+    Args:
+        config_file: YAML with ``convert`` (convert-ckpt flags), ``train`` (packft train flags),
+            ``export`` and ``run``.
+        overrides: nested values merged over the file.
+        config: a ready config (programmatic use); wins over the file.
+        mlflow_parent_run_id: nest this run's MLflow run under that run (used by ``pipeline``).
+    """
+    cfg = config or load_flow_config(FinetuneConfig, config_file, overrides)
+    return run_finetune(cfg, mlflow_parent_run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.finetune [CONFIG.yaml] [--set section.key=VALUE ...]``."""
+    from flows.cli import checked_config, parse_flow_args
+
+    config_file, overrides = parse_flow_args("python -m flows.finetune", argv)
+    cfg = checked_config(FinetuneConfig, config_file, overrides)
+    if cfg is None:
+        return 2
+    finetune_flow(config=cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

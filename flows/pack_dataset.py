@@ -1,0 +1,204 @@
+"""``pack-dataset``: download -> validate -> tokenize (per file, parallel) -> pack -> write -> publish.
+
+Every expensive task is cached on content (see ``tasks/caching.py``), so a second identical run
+finishes from the cache, a changed input re-tokenizes only that file, and a failed run re-run
+resumes from its cached tasks. ``write`` produces a new version directory only when the dataset
+fingerprint changed; ``publish`` then moves ``latest`` atomically and the diff goes to MLflow.
+
+Run it: ``python -m flows.pack_dataset deployments/pack-dataset-manual.yaml [packft preprocess
+flags]`` (ephemeral Prefect, MLflow in ``.packft/mlflow.db``), or through ``prefect.yaml``.
+
+Measured (2 shared cores, Llama-2 tokenizer, 3 x 60 Alpaca records, seq 512): first run ~10 s of
+flow time, identical re-run ~6.6 s (all 8 expensive tasks Cached), plus ~5 s (existing DB) to
+~17 s (fresh PREFECT_HOME) for the ephemeral Prefect server of a plain ``python -m`` run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows import reporting
+from flows.runners import make_task_runner
+from packft.pipeline_config import PackDatasetConfig, load_flow_config
+from tasks.caching import FileRef
+from tasks.ingest import download, validate, validate_settings
+from tasks.pack import (
+    PACK_FIELDS,
+    WRITE_FIELDS,
+    dataset_fingerprint,
+    pack,
+    publish,
+    settings_of,
+    shard_ref,
+    write,
+)
+from tasks.tokenize import TokenizerRef, pin_tokenizer, tokenize, tokenize_settings
+
+CACHED_TASKS = ("validate", "tokenize", "pack", "write")
+
+
+def _state(future_or_state: Any) -> str:
+    state = getattr(future_or_state, "state", future_or_state)
+    return state.name
+
+
+@flow(name="tokenize-shards")
+def tokenize_shards(
+    jobs: list[tuple[FileRef, Any]],
+    tokenizer: TokenizerRef,
+    work_dir: Path,
+    storage: Path,
+    refresh: bool = False,
+) -> list[tuple[dict[str, Any], str]]:
+    """Fan ``tokenize`` out over the files on this flow's task runner (threads/Dask/Ray)."""
+    from transformers import AutoTokenizer  # noqa: F401  (its lazy first import is not thread-safe)
+
+    task = tokenize.with_options(result_storage=storage, refresh_cache=refresh or None)
+    futures = [
+        task.submit(
+            source=ref,
+            tokenizer=tokenizer,
+            settings=tokenize_settings(cfg),
+            cfg=cfg,
+            work_dir=work_dir,
+        )
+        for ref, cfg in jobs
+    ]
+    return [(f.result(), _state(f)) for f in futures]
+
+
+def fetch_inputs(cfg: PackDatasetConfig) -> tuple[list[tuple[FileRef, Any]], list[str]]:
+    """``download`` each source; pairs every local file with its source's PreprocessConfig."""
+    jobs, states = [], []
+    for source in cfg.sources():
+        state = download(
+            source.input,
+            cfg.run.work_path / "downloads",
+            refresh=cfg.run.refresh_sources,
+            return_state=True,
+        )
+        states.append(_state(state))
+        jobs += [(ref, source) for ref in state.result()]
+    return jobs, states
+
+
+def validate_inputs(jobs: list[tuple[FileRef, Any]], cfg: PackDatasetConfig) -> list[Any]:
+    """``validate`` every file in parallel, before anything is tokenized."""
+    task = validate.with_options(result_storage=cfg.run.result_path)
+    futures = [
+        task.submit(source=ref, settings=validate_settings(c), cfg=c, work_dir=cfg.run.work_path)
+        for ref, c in jobs
+    ]
+    return [(f.result(), _state(f)) for f in futures]
+
+
+def tokenize_inputs(
+    jobs: list[tuple[FileRef, Any]], tokenizer: TokenizerRef, cfg: PackDatasetConfig
+):
+    """The ``tokenize-shards`` subflow on the configured runner (threads, Dask or Ray)."""
+    run = cfg.run
+    runner = make_task_runner(run.task_runner, run.parallel, run.cluster_address)
+    return tokenize_shards.with_options(task_runner=runner)(
+        jobs, tokenizer, run.work_path, run.result_path, cfg.preprocess.overwrite_cache
+    )
+
+
+def plan_rows(shards: list[tuple[dict[str, Any], str]], cfg: PackDatasetConfig) -> Any:
+    refs = [shard_ref(s) for s, _ in shards]
+    task = pack.with_options(result_storage=cfg.run.result_path)
+    pre = cfg.preprocess
+    return task(refs, settings_of(pre, PACK_FIELDS), pre, cfg.run.work_path, return_state=True)
+
+
+def write_version(plan: Any, shards: list, jobs: list, tokenizer: TokenizerRef,
+                  cfg: PackDatasetConfig) -> Any:  # fmt: skip
+    """``write`` into the version named by the dataset fingerprint (cached when it exists)."""
+    pre, inputs = cfg.preprocess, [ref for ref, _ in jobs]
+    fingerprint = dataset_fingerprint(
+        inputs,
+        tokenizer,
+        {"tokenize": [tokenize_settings(c) for _, c in jobs],
+         "write": settings_of(pre, WRITE_FIELDS), "name": pre.prefix.name},
+    )  # fmt: skip
+    plan_file = Path(plan.result()["plan"])
+    task = write.with_options(result_storage=cfg.run.result_path)
+    return task(
+        FileRef(path=plan_file, sha256=plan_file.stem),
+        [shard_ref(s) for s, _ in shards],
+        settings_of(pre, WRITE_FIELDS),
+        pre,
+        inputs,
+        cfg.output_root,
+        fingerprint,
+        return_state=True,
+    )
+
+
+def run_pack_dataset(cfg: PackDatasetConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+    """The flow body (also called by ``pipeline``); returns the run summary."""
+    started, run = time.perf_counter(), cfg.run
+    experiment = run.experiment or "pack-dataset"
+    with reporting.flow_tracker(run.tracking_uri, experiment, enabled=run.tracking,
+                                parent_run_id=parent_run_id) as tracker:  # fmt: skip
+        tracker.log_config(cfg.model_dump(mode="json"))
+        jobs, downloads = fetch_inputs(cfg)
+        tokenizer = pin_tokenizer(cfg.preprocess.tokenizer_name_or_path)
+        reporting.log_inputs(tracker, [ref for ref, _ in jobs], tokenizer)
+        checks = validate_inputs(jobs, cfg)
+        reporting.log_validation(tracker, [c for c, _ in checks])
+        shards = tokenize_inputs(jobs, tokenizer, cfg)
+        reporting.log_tokenize(tracker, [s for s, _ in shards])
+        plan = plan_rows(shards, cfg)
+        dataset = write_version(plan, shards, jobs, tokenizer, cfg)
+        published = publish(cfg.output_root, dataset.result()["version"], run.keep_previous)
+        states = {"download": downloads, "validate": [s for _, s in checks],
+                  "tokenize": [s for _, s in shards], "pack": [plan.name],
+                  "write": [dataset.name]}  # fmt: skip
+        return reporting.finish_pack_run(
+            tracker, cfg, plan=plan.result(), dataset=dataset.result(), published=published,
+            shards=[s for s, _ in shards], checks=[c for c, _ in checks], states=states,
+            seconds=time.perf_counter() - started,
+        )  # fmt: skip
+
+
+@flow(name="pack-dataset", log_prints=True)
+def pack_dataset(
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    config: PackDatasetConfig | None = None,
+    mlflow_parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Build (or refresh) a packed SFT dataset version; see the module docstring.
+
+    Args:
+        config_file: YAML with ``preprocess`` (packft preprocess flags), ``more_inputs``, ``run``.
+        overrides: nested values merged over the file (e.g. ``{"preprocess": {"seq_length": 1024}}``).
+        config: a ready config (programmatic use); wins over the file.
+        mlflow_parent_run_id: nest this run's MLflow run under that run (used by ``pipeline``).
+    """
+    cfg = config or load_flow_config(PackDatasetConfig, config_file, overrides)
+    return run_pack_dataset(cfg, mlflow_parent_run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.pack_dataset [CONFIG.yaml] [packft preprocess flags] [run flags]``."""
+    from flows.cli import checked_config, parse_flow_args
+    from packft.pipeline_config import RunOptions
+    from packft.preprocess import PreprocessConfig
+
+    sections = {"preprocess": PreprocessConfig, "run": RunOptions}
+    config_file, overrides = parse_flow_args("python -m flows.pack_dataset", argv, sections)
+    cfg = checked_config(PackDatasetConfig, config_file, overrides)
+    if cfg is None:
+        return 2
+    pack_dataset(config=cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

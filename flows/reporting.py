@@ -1,0 +1,310 @@
+"""What a flow run leaves behind: one MLflow run (nested stage runs) and a Prefect artifact.
+
+Stage results are logged by the flow itself, in its own thread, from the tasks' return values, so
+a stage whose task was served from the cache is still logged completely (a cached task does not
+run, so it could not log anything itself). The MLflow run carries the Prefect flow run id, name
+and deployment as tags; the Prefect markdown artifact carries the MLflow run id and the command
+that opens the UI, so each side links to the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from packft.tracking import (
+    NullTracker,
+    Tracker,
+    make_tracker,
+    resolve_tracking_uri,
+    tool_path,
+    ui_command,
+)
+
+
+def prefect_tags() -> dict[str, str]:
+    """Tags that link an MLflow run to the Prefect flow run (and deployment) it belongs to."""
+    from prefect.runtime import deployment, flow_run
+
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": str(flow_run.name or ""),
+        "prefect.flow_name": str(flow_run.flow_name or ""),
+        "prefect.deployment": "none",
+    }
+    if deployment.id:
+        tags["prefect.deployment"] = f"{flow_run.flow_name}/{deployment.name}"
+        tags["prefect.deployment_id"] = str(deployment.id)
+    if flow_run.parent_flow_run_id:
+        tags["prefect.parent_flow_run_id"] = str(flow_run.parent_flow_run_id)
+    return tags
+
+
+@contextmanager
+def flow_tracker(
+    tracking_uri: str | None,
+    experiment: str,
+    *,
+    enabled: bool = True,
+    parent_run_id: str | None = None,
+) -> Iterator[Tracker]:
+    """The flow run's MLflow run: FINISHED on success, FAILED (and re-raised) on an error."""
+    from prefect.runtime import flow_run
+
+    uri = resolve_tracking_uri(tracking_uri) if enabled else None
+    tracker = make_tracker(
+        uri,
+        experiment,
+        str(flow_run.name or experiment),
+        parent_run_id=parent_run_id,
+        tags=prefect_tags(),
+        enabled=enabled,
+    )
+    try:
+        yield tracker
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
+
+
+def numbers(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every finite numeric leaf of a nested dict, as ``a.b.c`` metrics (bools excluded)."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out |= numbers(value, f"{name}.")
+        elif (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(float(value))
+        ):
+            out[name] = float(value)
+    return out
+
+
+def log_stage(
+    parent: Tracker, stage: str, metrics: Mapping[str, Any], *, details: Any = None
+) -> Tracker:
+    """A closed nested run ``stage`` holding ``metrics`` (numeric leaves) and a JSON of details."""
+    child = parent.child(stage, tags={"packft.stage": stage})
+    child.log(numbers(metrics), step=0)
+    child.log_dict({"metrics": dict(metrics), "details": details}, f"{stage}.json")
+    return child
+
+
+def markdown_table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    for key, value in rows:
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        lines.append(f"| {key} | {value} |")
+    return "\n".join(lines)
+
+
+def run_links(tracker: Tracker) -> list[tuple[str, Any]]:
+    """Rows that tell the reader where the MLflow run is and how to open it."""
+    if isinstance(tracker, NullTracker) or tracker.run_id is None:
+        return [("MLflow", "tracking disabled")]
+    uri = tracker.tracking_uri
+    return [
+        ("MLflow experiment / run", f"{tracker.experiment} / `{tracker.run_id}`"),
+        ("MLflow UI", f"`{ui_command(uri)}`"),
+    ]
+
+
+def publish_markdown(
+    key: str, title: str, sections: list[tuple[str, list[tuple[str, Any]]]]
+) -> str:
+    """Create the flow's markdown artifact (key must be lowercase letters, digits, dashes)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    parts = [f"# {title}"]
+    for heading, rows in sections:
+        parts += [f"## {heading}", markdown_table(rows)]
+    text = "\n\n".join(parts) + "\n"
+    create_markdown_artifact(key=key, markdown=text, description=title)
+    return text
+
+
+def prefect_ui_command() -> str:
+    """How to look at the runs this process recorded (ephemeral runs live in PREFECT_HOME)."""
+    import os
+
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        return f"open {api.removesuffix('/api')}"
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    prefect = tool_path("prefect")
+    return f"PREFECT_HOME={home} {prefect} server start  # then open http://127.0.0.1:4200"
+
+
+# --- pack-dataset stages -----------------------------------------------------------------------
+
+
+def log_inputs(tracker: Tracker, files: list[Any], tokenizer: Any) -> None:
+    """Each input as an ``mlflow.data`` dataset (source + content digest), plus the tokenizer."""
+    for ref in files:
+        tracker.log_dataset(Path(str(ref.path)).name, ref.source or str(ref.path), ref.sha256,
+                            size=ref.size)  # fmt: skip
+    tracker.set_tags({"packft.tokenizer_sha256": tokenizer.sha256})
+    tracker.log_dict(
+        {"inputs": [r.model_dump(mode="json") for r in files],
+         "tokenizer": tokenizer.model_dump(mode="json")},
+        "inputs.json",
+    )  # fmt: skip
+
+
+def _sum_counts(items: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: sum(int(i.get(k) or 0) for i in items) for k in keys}
+    rejected: dict[str, int] = {}
+    for item in items:
+        for reason, n in (item.get("rejected") or {}).items():
+            rejected[reason] = rejected.get(reason, 0) + int(n)
+    out["rejected"] = rejected
+    out["rejected_total"] = sum(rejected.values())
+    return out
+
+
+def log_validation(tracker: Tracker, checks: list[dict[str, Any]]) -> dict[str, Any]:
+    totals = _sum_counts(checks, ("total", "valid"))
+    log_stage(tracker, "validate", totals, details=checks).close()
+    return totals
+
+
+def log_tokenize(tracker: Tracker, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("samples_in", "valid", "truncated", "dropped", "written", "tokens", "supervised_tokens")
+    totals = _sum_counts(shards, keys)
+    totals["max_length"] = max((int(s.get("max_length") or 0) for s in shards), default=0)
+    log_stage(tracker, "tokenize", totals, details=shards).close()
+    return totals
+
+
+def dataset_figures(shards: list[str], plan_file: str, seq_length: int) -> tuple[Any, Any]:
+    """(sample length histogram, row fill histogram) for a packed dataset."""
+    import numpy as np
+
+    from packft.pack import PackPlan
+    from packft.plots import length_histogram, row_fill_histogram
+    from packft.tokenize import read_lengths
+
+    lengths = [read_lengths(s) for s in shards]
+    data = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+    rows = PackPlan.load(plan_file).row_lengths()
+    return length_histogram(data, seq_length), row_fill_histogram(rows, seq_length)
+
+
+PACK_TABLE = (
+    "samples_in", "valid", "rejected_total", "truncated", "dropped", "split", "rows",
+    "lower_bound_rows", "efficiency", "pad_fraction", "samples_per_row_mean",
+    "samples_per_row_max", "total_tokens", "supervised_tokens", "efficiency_padded_alone",
+)  # fmt: skip
+
+
+def finish_pack_run(
+    tracker: Tracker,
+    cfg: Any,
+    *,
+    plan: dict[str, Any],
+    dataset: dict[str, Any],
+    published: dict[str, Any],
+    shards: list[dict[str, Any]],
+    checks: list[dict[str, Any]],
+    states: dict[str, list[str]],
+    seconds: float,
+) -> dict[str, Any]:
+    """Log pack/write/publish stages and plots, publish the Prefect artifact, print the summary."""
+    stats = dataset["stats"]
+    seq = int(cfg.preprocess.seq_length or stats.get("seq_length") or 1)
+    pack_run = log_stage(tracker, "pack", {**plan, **stats}, details=plan)
+    if cfg.preprocess.pack:
+        lengths_fig, fill_fig = dataset_figures([s["shard"] for s in shards], plan["plan"], seq)
+        for run in (pack_run, tracker):
+            run.log_figure(lengths_fig, "plots/sample_lengths.png")
+            run.log_figure(fill_fig, "plots/row_fill.png")
+    pack_run.close()
+    tracker.log(numbers(stats), step=0)
+    cached = [s for name in ("validate", "tokenize", "pack", "write") for s in states[name]]
+    n_cached = sum(s == "Cached" for s in cached)
+    diff = published.get("diff") or {}
+    change = {"changed": int(bool(published["changed"])), "tasks_cached": n_cached,
+              "tasks_total": len(cached), **diff}  # fmt: skip
+    log_stage(tracker, "publish", change, details=published).close()
+    tracker.log({f"diff.{k}": v for k, v in numbers(diff).items()}, step=0)
+    tracker.set_tags({"packft.dataset_version": Path(dataset["version"]).name,
+                      "packft.changed": str(bool(published["changed"])).lower()})  # fmt: skip
+    headline = (
+        f"dataset changed: new version {published['current']} (previous: {published['previous']})"
+        if published["changed"]
+        else f"nothing changed: {published['current']} is still latest "
+        f"({n_cached}/{len(cached)} tasks from cache)"
+    )
+    latest = Path(published["latest"]) / Path(dataset["prefix"]).name
+    outputs = [
+        ("status", headline),
+        ("train on (latest)", f"`{latest}`"),
+        ("this version", f"`{dataset['prefix']}`"),
+        ("rejects", f"`{dataset['prefix']}.rejects.jsonl`"),
+        ("tasks cached", f"{n_cached}/{len(cached)}"),
+        ("seconds", round(seconds, 1)),
+        *run_links(tracker),
+    ]
+    table = [(k, stats[k]) for k in PACK_TABLE if k in stats]
+    if diff:
+        table += [(f"diff: {k}", v) for k, v in diff.items()]
+    publish_markdown(
+        "pack-dataset-summary", "pack-dataset", [("Outputs", outputs), ("Stats", table)]
+    )
+    print(headline)
+    for key, value in table:
+        print(f"  {key:>28}: {value:.4f}" if isinstance(value, float) else f"  {key:>28}: {value}")
+    print(f"train on: {latest}")
+    if not isinstance(tracker, NullTracker):
+        print(f"MLflow UI: {ui_command(tracker.tracking_uri)}")
+    return {
+        "headline": headline,
+        "changed": bool(published["changed"]),
+        "version": dataset["version"],
+        "prefix": dataset["prefix"],
+        "latest": str(latest),
+        "stats": stats,
+        "diff": diff,
+        "states": states,
+        "validation": _sum_counts(checks, ("total", "valid")),
+        "mlflow_run_id": tracker.run_id,
+        "flow_run_id": prefect_tags()["prefect.flow_run_id"],
+        "seconds": round(seconds, 2),
+    }
+
+
+# --- finetune and pipeline ----------------------------------------------------------------------
+
+TRAIN_TABLE = ("steps", "first_loss", "final_loss", "tokens_per_s", "real_tokens_per_s", "seconds")
+
+
+def finish_finetune_run(
+    tracker: Tracker,
+    summary: dict[str, Any],
+    exported: dict[str, Any],
+    states: dict[str, str],
+    seconds: float,
+) -> dict[str, Any]:
+    """Log the export stage, publish the finetune artifact, print where the weights are."""
+    log_stage(tracker, "export", {}, details=exported).close()
+    tracker.log({f"train.{k}": v for k, v in numbers(summary).items()}, step=0)
+    table = [(k, summary[k]) for k in TRAIN_TABLE if k in summary]
+    table += [(k, v) for k, v in summary.items() if k not in TRAIN_TABLE and k.endswith("loss")]
+    outputs = [(f"{k} weights", f"`{v}`") for k, v in exported.items()]
+    outputs += [("task states", ", ".join(f"{k}: {v}" for k, v in states.items()))]
+    outputs += [("seconds", round(seconds, 1)), *run_links(tracker)]
+    publish_markdown("finetune-summary", "finetune", [("Outputs", outputs), ("Training", table)])
+    for key, value in table + outputs[:-2]:
+        print(f"  {key:>20}: {value}")
+    if not isinstance(tracker, NullTracker):
+        print(f"MLflow UI: {ui_command(tracker.tracking_uri)}")
+    return {"train": summary, "exported": exported, "states": states,
+            "mlflow_run_id": tracker.run_id, "seconds": round(seconds, 2)}  # fmt: skip

@@ -1,0 +1,161 @@
+"""Content-addressed cache keys for the expensive tasks.
+
+A task's key is the SHA-256 of a canonical JSON document holding:
+
+* the task name, the SHA-256 of the task's module source (editing a task invalidates it) and
+  the installed packft version (a new release never reuses old outputs);
+* every parameter that changes the output, where an input file counts by its content digest
+  (:class:`FileRef`), never by its path or mtime, and a tokenizer by the digest of all its files.
+
+Parameters that only say *where* things go (``work_dir`` ...) are excluded by name.
+
+Outputs live at paths derived from the content (``work_dir/shards/<digest>.arrow``), so a cached
+result always points at the right files. If those files were deleted while the Prefect result record
+survived, :func:`content_cache` sees the record without its outputs and returns a one-off key:
+the task runs again and rewrites the same paths, after which the old record is valid again.
+
+Results persist as files named by key under ``result_storage`` (a ``pathlib.Path``; a ``str``
+would be read as a block slug), so the cache survives process and server restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from packft import __version__
+
+__all__ = [
+    "FileRef",
+    "content_cache",
+    "content_key",
+    "digest_json",
+    "source_digest",
+    "tree_sha256",
+]
+
+
+class FileRef(BaseModel):
+    """An input file pinned by content: the cache sees ``sha256`` (and nothing else)."""
+
+    path: Path
+    """Where the bytes are on this machine (local copy of a URL, or the file itself)."""
+    sha256: str
+    """Hex SHA-256 of the file's bytes."""
+    source: str = ""
+    """The spec it came from (path, URL, hf:// id): for logs and MLflow dataset sources."""
+    size: int = 0
+    """Bytes."""
+
+    def cache_view(self) -> str:
+        return self.sha256
+
+
+def _canonical(value: Any) -> Any:
+    if hasattr(value, "cache_view"):
+        return value.cache_view()
+    if isinstance(value, BaseModel):
+        return _canonical(value.model_dump(mode="json"))
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def digest_json(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value`` (FileRefs reduced to their content digest)."""
+    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@cache
+def source_digest(fn: Callable[..., Any]) -> str:
+    """SHA-256 of the source file of the module defining ``fn`` (the task code).
+
+    The whole module, not ``inspect.getsource(fn)``: a function shipped to a Dask worker may come
+    without retrievable source there, and the key must be identical in every process.
+    """
+    module = sys.modules.get(fn.__module__) or importlib.import_module(fn.__module__)
+    path = getattr(module, "__file__", None)
+    if path and Path(path).is_file():
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}".encode()).hexdigest()
+
+
+def tree_sha256(directory: Path, *, ignore: Iterable[str] = (".git",)) -> str:
+    """Digest of every file under ``directory`` (relative names + bytes), e.g. a tokenizer dir.
+
+    Raises:
+        FileNotFoundError: ``directory`` does not exist.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"{directory} does not exist (expected a tokenizer directory)")
+    if directory.is_file():
+        files = [directory]
+        directory = directory.parent
+    else:
+        skip = set(ignore)
+        files = sorted(p for p in directory.rglob("*") if p.is_file() and not skip & set(p.parts))
+    outer = hashlib.sha256()
+    for path in files:
+        inner = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
+                inner.update(chunk)
+        outer.update(f"{path.relative_to(directory).as_posix()}\0{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def content_key(task_name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> str:
+    """The cache key of ``fn`` (a task body) called with ``params`` (already filtered)."""
+    return digest_json(
+        {
+            "task": task_name,
+            "source": source_digest(fn),
+            "packft": __version__,
+            "params": params,
+        }
+    )
+
+
+def content_cache(
+    *,
+    exclude: tuple[str, ...] = (),
+    outputs: Callable[[Mapping[str, Any]], Iterable[Path]] | None = None,
+    view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect ``cache_key_fn`` keyed on content (see module docstring).
+
+    Args:
+        exclude: parameter names that do not change the output (destinations, handles).
+        outputs: ``params -> paths`` the task writes (derived from content, not from the key); a
+            stored result whose paths are gone is not reused.
+        view: ``kept params -> what the key sees`` (e.g. drop config fields that do not matter).
+    """
+
+    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+        task = context.task
+        kept = {k: v for k, v in parameters.items() if k not in exclude}
+        if view is not None:
+            kept = view(kept)
+        key = content_key(task.name, task.fn, kept)
+        if outputs is not None and not all(Path(p).exists() for p in outputs(parameters)):
+            store = getattr(context, "result_store", None)
+            if store is not None and store.exists(key):
+                return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"
+        return key
+
+    return key_fn

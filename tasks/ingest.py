@@ -1,0 +1,111 @@
+"""Ingest tasks: ``download`` (fetch + pin by content) and ``validate`` (count and keep rejects).
+
+``download`` is the only task that touches the network. It is not cached (re-fetching is its
+job; the content-addressed download cache of :mod:`packft.download` makes an unchanged URL cheap)
+and it retries with exponential backoff, but only on transient errors: a checksum mismatch, a
+missing local file, a bad spec or an offline Hub lookup fail at once. ``packft.download`` already
+retries within one attempt (resuming with HTTP Range); the task-level retries cover whole-attempt
+failures such as a server that is down for a minute.
+
+``validate`` is cached by the input's content digest, format, key map and ``on_invalid``; an
+``InvalidRecordError`` (``on_invalid: fail``) fails the run without retries, since re-reading the
+same bytes cannot help.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from tasks.caching import FileRef, content_cache, digest_json
+
+NOT_TRANSIENT = ("ChecksumMismatchError", "HubUnavailableError")
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Network-ish failures worth another attempt (not checksum, spec or offline errors)."""
+    if exc is None or isinstance(exc, FileNotFoundError | ValueError | PermissionError):
+        return False
+    if type(exc).__name__ in NOT_TRANSIENT:
+        return False
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
+
+
+def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            state.result(raise_on_failure=True)
+        except BaseException as raised:  # the stored exception of a failed state
+            exc = raised
+    return is_transient(exc)
+
+
+@task(
+    name="download",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_condition,
+    persist_result=False,
+)
+def download(
+    spec: str, cache_dir: Path, refresh: bool = False, sha256: str | None = None
+) -> list[FileRef]:
+    """Resolve one ``--input`` spec to local files, each pinned by its SHA-256."""
+    from packft.sources import file_sha256, resolve_input
+
+    paths = resolve_input(spec, Path(cache_dir), sha256=sha256, refresh=refresh)
+    remote = str(spec).startswith(("http://", "https://", "hf://"))
+    return [
+        FileRef(
+            path=p.resolve(),
+            sha256=file_sha256(p),
+            source=str(spec) if remote and len(paths) == 1 else str(p.resolve()),
+            size=p.stat().st_size,
+        )
+        for p in paths
+    ]
+
+
+VALIDATE_FIELDS = ("handler_name", "map_keys", "on_invalid")
+"""PreprocessConfig fields that change what validation finds."""
+
+
+def validate_settings(cfg: Any) -> dict[str, Any]:
+    return {name: getattr(cfg, name) for name in VALIDATE_FIELDS}
+
+
+def rejects_file(work_dir: Path, stage: str, source: FileRef, settings: dict[str, Any]) -> Path:
+    """Where one input's rejects go (content-addressed, like the shards)."""
+    name = digest_json({"sha256": source.sha256, "settings": settings})[:32]
+    return Path(work_dir) / "rejects" / stage / f"{name}.jsonl"
+
+
+@task(
+    name="validate",
+    cache_key_fn=content_cache(
+        exclude=("work_dir", "cfg"),
+        outputs=lambda p: [rejects_file(p["work_dir"], "validate", p["source"], p["settings"])],
+    ),
+    persist_result=True,
+)
+def validate(source: FileRef, settings: dict[str, Any], cfg: Any, work_dir: Path) -> dict[str, Any]:
+    """Check every record of one file (``packft.preprocess.validate_input``); count by reason."""
+    from packft.preprocess import validate_input
+
+    if settings != validate_settings(cfg):
+        raise ValueError("validate: settings do not match cfg; build both from one config")
+    rejects = rejects_file(work_dir, "validate", source, settings)
+    rejects.parent.mkdir(parents=True, exist_ok=True)
+    summary = validate_input(source.path, cfg, rejects)
+    rejects.touch()  # the cache checks that the rejects file exists, even when empty
+    return {
+        "file": source.source or str(source.path),
+        "sha256": source.sha256,
+        **summary.to_dict(),
+        "rejects": str(rejects),
+    }

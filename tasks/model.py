@@ -1,0 +1,111 @@
+"""Model tasks: ``convert_checkpoint`` (HF <-> mcore), ``finetune`` (packft.train), ``export``.
+
+All three are cached on content: the model/checkpoint directory's digest (every file), the
+dataset's sidecar digest (it records inputs, tokenizer, options and stats of that exact version),
+and the options, so re-running a pipeline whose data did not change does not retrain. A stored
+result whose output directory is gone is not reused (``tasks.caching.content_cache``).
+``finetune`` nests the trainer's own MLflow run (per-step loss, lr, grad norm, tokens/s) under the
+flow's ``train`` stage run via :func:`packft.tracking.nest_runs_under`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from prefect import task
+
+from tasks.caching import content_cache, tree_sha256
+
+TRAIN_IGNORED = ("tracking", "tracking_uri", "experiment", "run_name", "log_interval")
+"""TrainConfig fields that do not change the trained weights."""
+
+
+def dir_digest(path: str | Path) -> str:
+    return tree_sha256(Path(path)) if Path(path).exists() else f"missing:{path}"
+
+
+def dataset_digest(prefix: str | Path) -> str:
+    """A dataset version's identity: its sidecar (inputs, tokenizer, options, stats, sizes)."""
+    sidecar = Path(f"{prefix}.packft.json")
+    return tree_sha256(sidecar) if sidecar.exists() else dir_digest(Path(prefix).parent)
+
+
+@task(
+    name="convert_checkpoint",
+    cache_key_fn=content_cache(
+        outputs=lambda p: [Path(p["config"].save_dir)],
+    ),
+    persist_result=True,
+)
+def convert_checkpoint(config: Any, source_digest: str) -> str:
+    """Run ``packft convert-ckpt`` (``config`` = its flags); returns the output directory."""
+    from packft.convert import mcore_to_hf, save_hf_as_mcore
+
+    c = config
+    if c.load_model_type == "hf" and c.save_model_type == "mg":
+        out = save_hf_as_mcore(
+            c.load_dir, c.save_dir, c.target_tensor_parallel_size,
+            c.target_pipeline_parallel_size, num_layer_list=c.num_layer_list,
+            params_dtype=c.params_dtype, model_type_hf=c.model_type_hf, overwrite=c.overwrite,
+        )  # fmt: skip
+    elif c.load_model_type == "mg" and c.save_model_type == "hf":
+        out = mcore_to_hf(
+            Path(c.load_dir), Path(c.save_dir),
+            hf_cfg_dir=Path(c.hf_cfg_dir) if c.hf_cfg_dir else None,
+            model_type_hf=c.model_type_hf, params_dtype=c.params_dtype, overwrite=c.overwrite,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"convert: {c.load_model_type} -> {c.save_model_type} is not supported")
+    return str(out)
+
+
+def _train_view(p: dict[str, Any]) -> dict[str, Any]:
+    config = p["config"].model_dump(mode="json")
+    return {**p, "config": {k: v for k, v in config.items() if k not in TRAIN_IGNORED}}
+
+
+@task(
+    name="finetune",
+    cache_key_fn=content_cache(
+        exclude=("mlflow_parent",),
+        outputs=lambda p: [Path(p["config"].save) / "hf" / "config.json"],
+        view=_train_view,
+    ),
+    persist_result=True,
+)
+def finetune(
+    config: Any, data_digest: str, model_digest: str, mlflow_parent: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train with ``packft.train.train``; returns its summary (steps, losses, tokens/s, paths)."""
+    from packft.tracking import nest_runs_under
+    from packft.train import train
+
+    parent = SimpleNamespace(**mlflow_parent) if mlflow_parent else None
+    if parent is None:
+        return dict(train(config) or {})
+    with nest_runs_under(parent):
+        return dict(train(config) or {})
+
+
+@task(
+    name="export",
+    cache_key_fn=content_cache(
+        outputs=lambda p: [Path(p["config"].mcore_dir)] if p["config"].mcore_dir else [],
+    ),
+    persist_result=True,
+)
+def export(hf_dir: str, hf_digest: str, config: Any) -> dict[str, Any]:
+    """Final weights for users: the HF dir as trained, plus an mcore copy for MindSpeed if asked."""
+    from packft.convert import save_hf_as_mcore
+
+    out = {"hf": hf_dir}
+    if config.mcore_dir:
+        out["mcore"] = str(
+            save_hf_as_mcore(
+                hf_dir, config.mcore_dir, config.target_tensor_parallel_size,
+                config.target_pipeline_parallel_size, overwrite=True,
+            )
+        )  # fmt: skip
+    return out

@@ -1,0 +1,274 @@
+"""The pack-dataset flow end to end on real files, Prefect (harness) and MLflow (SQLite).
+
+Task states are read back from the Prefect API (not only from the flow's own summary), so the
+cache claims are checked against what Prefect recorded.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from orchestration_helpers import pack_config
+
+pytestmark = pytest.mark.slow
+
+
+def recorded_states(flow_run_id: str) -> Counter[str]:
+    """'task-name:State' counts of a flow run and its subflows, as stored by the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+        ids = [flow_run_id, *(str(c.id) for c in children)]
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200
+        )
+    return Counter(f"{r.name.rsplit('-', 1)[0]}:{r.state.name}" for r in runs)
+
+
+def flow_artifacts(flow_run_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def test_cache_then_incremental_change(
+    prefect_api: None, mlflow_uri: str, fresh_inputs: list[Path], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from flows.pack_dataset import pack_dataset
+
+    cfg = pack_config(fresh_inputs[0].parent, tmp_path)
+    first = pack_dataset(config=cfg)
+    assert first["changed"] and first["states"]["tokenize"] == ["Completed"] * 3
+    prefix = Path(first["latest"])
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert Path(f"{prefix}_packed_{key}_document.bin").stat().st_size > 0
+    assert first["stats"]["efficiency"] > 0.9
+    sidecar = json.loads(Path(f"{first['prefix']}.packft.json").read_text())
+    assert sidecar["config"]["output_prefix"] == first["prefix"]  # not the temporary build dir
+
+    second = pack_dataset(config=cfg)
+    assert not second["changed"] and second["version"] == first["version"]
+    assert "nothing changed" in second["headline"]
+    recorded = recorded_states(second["flow_run_id"])
+    assert recorded == Counter(
+        {"validate:Cached": 3, "tokenize:Cached": 3, "pack:Cached": 1, "write:Cached": 1,
+         "download:Completed": 1, "publish:Completed": 1,
+         "tokenize-shards:Completed": 1}  # the subflow's wrapper task run
+    )  # fmt: skip
+
+    rows = json.loads(fresh_inputs[1].read_text())
+    new_row = {"instruction": "Name a prime.", "input": "", "output": "Seven is prime."}
+    fresh_inputs[1].write_text(json.dumps(rows[5:] + [new_row]))  # 5 removed, 1 added
+    third = pack_dataset(config=cfg)
+    assert third["states"]["tokenize"] == ["Cached", "Completed", "Cached"]
+    assert third["states"]["validate"] == ["Cached", "Completed", "Cached"]
+    assert third["states"]["pack"] == ["Completed"] and third["states"]["write"] == ["Completed"]
+    assert third["changed"] and third["version"] != first["version"]
+    assert third["diff"]["samples_added"] == 1 and third["diff"]["samples_removed"] == 5
+    assert third["diff"]["samples_before"] == 180 and third["diff"]["samples_after"] == 176
+    assert Path(third["latest"]).parent.resolve() == Path(third["version"]).resolve()
+    (artifact,) = flow_artifacts(third["flow_run_id"])
+    assert artifact.key == "pack-dataset-summary" and artifact.type == "markdown"
+    assert "| efficiency |" in artifact.data and third["latest"] in artifact.data
+    assert third["mlflow_run_id"] in artifact.data
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run = client.get_run(third["mlflow_run_id"])
+    assert run.data.tags["prefect.flow_run_id"] == third["flow_run_id"]
+    assert run.data.tags["prefect.deployment"] == "none"
+    assert run.data.params["preprocess.seq_length"] == "512"
+    assert run.data.metrics["efficiency"] == pytest.approx(third["stats"]["efficiency"])
+    assert run.data.metrics["diff.samples_removed"] == 5
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/sample_lengths.png", "plots/row_fill.png"}
+    digests = {i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert len(digests) == 3
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    stages = {c.info.run_name: c for c in children}
+    assert set(stages) == {"validate", "tokenize", "pack", "publish"}
+    assert stages["validate"].data.metrics["valid"] == 176
+    assert stages["tokenize"].data.metrics["written"] == 176
+
+
+def test_failed_run_resumes_from_cache(
+    prefect_api: None, mlflow_uri: str, fresh_inputs: list[Path], tmp_path: Path
+) -> None:
+    from flows.pack_dataset import pack_dataset
+
+    cfg = pack_config(fresh_inputs[0].parent, tmp_path, seq_length=384)
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": False})})
+    blocker = cfg.output_root / "versions"
+    blocker.write_text("not a directory: the write step must fail")
+    failed = pack_dataset(config=cfg, return_state=True)
+    assert failed.is_failed()
+    blocker.unlink()
+    resumed = pack_dataset(config=cfg)
+    assert resumed["states"]["tokenize"] == ["Cached"] * 3
+    assert resumed["states"]["validate"] == ["Cached"] * 3
+    assert resumed["states"]["pack"] == ["Cached"]
+    assert resumed["states"]["write"] == ["Completed"]
+    assert resumed["mlflow_run_id"] is None  # tracking off: NullTracker all the way
+
+
+def test_invalid_record_fails_without_retry(
+    prefect_api: None, mlflow_uri: str, tmp_path: Path
+) -> None:
+    from flows.pack_dataset import pack_dataset
+
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"instruction": "hi", "input": "", "output": ""}]))
+    cfg = pack_config(data, tmp_path, on_invalid="fail")
+    state = pack_dataset(config=cfg, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="empty_answer"):
+        state.result()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    validate_runs = [r for r in runs if r.name.startswith("validate")]
+    assert len(validate_runs) == 1 and validate_runs[0].run_count == 1
+    assert validate_runs[0].state.name == "Failed"
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    """Answers 503 to the first ``failures`` GETs, then serves ``payload``."""
+
+    payload = b""
+    failures = 2
+    seen = 0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        type(self).seen += 1
+        if type(self).seen <= type(self).failures:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_download_retries_then_refetches(
+    prefect_api: None, mlflow_uri: str, small_inputs: list[Path], tmp_path: Path
+) -> None:
+    from flows.pack_dataset import pack_dataset
+
+    FlakyHandler.payload = small_inputs[0].read_bytes()
+    FlakyHandler.seen = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/data/part0.json"
+        cfg = pack_config(url, tmp_path)
+        first = pack_dataset(config=cfg)
+        assert FlakyHandler.seen == 3  # two 503s, then the file
+        assert first["states"]["download"] == ["Completed"] and first["stats"]["valid"] == 60
+        nightly = cfg.model_copy(
+            update={"run": cfg.run.model_copy(update={"refresh_sources": True})}
+        )
+        second = pack_dataset(config=nightly)
+        assert FlakyHandler.seen == 4  # re-fetched, same bytes
+        assert not second["changed"] and second["states"]["tokenize"] == ["Cached"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_retry_policy_classifies_errors() -> None:
+    from packft.download import ChecksumMismatchError, DownloadError
+    from packft.rejects import InvalidRecordError
+    from tasks.ingest import is_transient
+
+    assert is_transient(DownloadError("giving up after 6 failed attempts"))
+    assert is_transient(ConnectionResetError())
+    assert is_transient(TimeoutError())
+    assert not is_transient(ChecksumMismatchError("sha256 mismatch"))
+    assert not is_transient(FileNotFoundError("missing.json"))
+    assert not is_transient(
+        InvalidRecordError("a.json:3: empty_answer", "a.json", 3, "empty_answer", "")
+    )
+    assert not is_transient(None)
+
+
+class GoneOnceHandler(FlakyHandler):
+    """404 on the first GET (packft.download gives up at once on a 4xx), then the file."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        type(self).seen += 1
+        if type(self).seen == 1:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload)
+
+
+def test_download_task_level_retry(
+    prefect_api: None, small_inputs: list[Path], tmp_path: Path
+) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from tasks.ingest import download
+
+    GoneOnceHandler.payload = small_inputs[0].read_bytes()
+    GoneOnceHandler.seen = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GoneOnceHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/part0.json"
+
+    @flow
+    def fetch_once() -> Any:
+        fast = download.with_options(retry_delay_seconds=0)  # same retries and retry condition
+        return fast(url, tmp_path / "cache", return_state=True)
+
+    try:
+        state = fetch_once()
+    finally:
+        server.shutdown()
+        server.server_close()
+    (ref,) = state.result()
+    assert ref.path.read_bytes() == GoneOnceHandler.payload and ref.source == url
+    with get_client(sync_client=True) as client:
+        run = client.read_task_run(state.state_details.task_run_id)
+    assert run.run_count == 2 and GoneOnceHandler.seen == 2
