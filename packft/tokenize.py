@@ -1,0 +1,632 @@
+"""Tokenize conversations into input_ids/labels shards, batched, streaming, any worker count.
+
+Algorithm, per batch of conversations (``--batch-size``, default 2048):
+
+1. Render every conversation with its template into (source, target) pieces per turn
+   (:mod:`packft.templates`); collect the batch's distinct strings (template constants such as
+   ``"\\n"`` or a default system block are encoded once) and token-id pieces.
+2. Encode all distinct strings in ONE call to the Rust backend
+   (``encode_batch_fast(strings, add_special_tokens=False)``): the only per-token work in Python
+   is flattening the returned id lists (``np.fromiter`` over ``itertools.chain``).
+3. Assemble with numpy: each piece occurrence is a (start, length) into the flat piece table;
+   MindSpeed's truncation becomes a per-occurrence length clip; one ``np.repeat`` gather builds
+   the batch's ids and a repeated trained-flag builds labels (-100 on source tokens).
+
+Worked example (``llama2``, one sample user "hi" / assistant "ok", ``--append-eod``)::
+
+    pieces    [1, "[INST] hi [/INST]"] -> source     ["ok", 2] -> target
+    table     strings ["[INST] hi [/INST]", "ok"] -> [518 25580 29962 7251 518 29914 25580 29962],
+              [3431]; ints [1, 2] -> [1], [2]
+    input_ids 1 518 25580 29962 7251 518 29914 25580 29962 3431 2 2      (last 2: the eod)
+    labels    -100 (x9)                                    3431 2 2
+
+Truncation (``--overlong truncate``, default) is MindSpeed's ``Template._make_pairs``: with
+budget ``L = seq_length`` (100000 when unset), turn by turn, ``max_t = max(int(L'*t/(s+t)), 1)``
+and ``max_s = L' - min(max_t, t)`` against the remaining budget ``L'``; turns after the budget is
+spent are dropped. It changes a sample iff its templated length exceeds ``seq_length``, and
+``--overlong drop`` drops exactly those samples instead; both are counted. ``--append-eod`` then
+appends the eos id to input_ids and labels (trained), so a truncated sample can be
+``seq_length + 1`` long, as in MindSpeed; the pack step owns its row capacity.
+
+Parallelism: ``workers == 1`` runs in-process and lets the Rust backend use every core.
+``workers > 1`` starts ``spawn`` processes (never ``fork``: a live Rust thread pool does not
+survive a fork) that rebuild the main process's fixed-up tokenizer from its serialized backend
+(no transformers import, ~0.3 s) and give the Rust encoder ``cores // workers`` threads; with
+as many workers as cores that is ``TOKENIZERS_PARALLELISM=false``, because N processes times N
+Rust threads would only oversubscribe the cores. The main process reads and validates; batches
+go out through a window of ``2 * workers`` futures and come back in order, so memory is bounded
+by a few batches and the output is byte-identical for any worker count. As with any ``spawn``
+pool, a script calling this with ``workers > 1`` needs an ``if __name__ == "__main__":`` guard.
+
+Output: one Arrow IPC file, columns ``input_ids: list<int32>``, ``labels: list<int32>``,
+``source_row: int64``, one record batch per input batch. The schema metadata ``packft.header``
+holds what the run depends on (template, tokenizer fingerprint, input sha256, options, version);
+the final stats are the custom metadata of a last, empty record batch (the schema is written
+before the stats are known), read by :func:`read_stats` without touching the data. The file is
+written to a temporary name in the output directory, fsynced and renamed.
+
+Measured (benchmarks/bench_tokenize.py, 200k samples, Llama-2 tokenizer and template,
+``--append-eod --seq-length 4096``, 2 shared cores at load ~1.5): Alpaca en+zh, 49.6M tokens:
+18.9 s with 1 worker and 18.8 s with 2 (10.6k samples/s, 2.6M tokens/s), equal to the floor of
+one ``tokenizer(texts)`` call over the same texts (18.9 s); ShareGPT, 50.9M tokens: 16.7 s /
+17.7 s against a 24.0 s floor (identical system/tool pieces are encoded once per batch). Peak
+RSS ~680 MiB for 1 worker (~310 MiB of it is transformers + torch), ~500 MiB per worker, flat
+in the number of records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from packft import __version__
+from packft.records import Conversation
+from packft.templates import ChatTemplate, Template, get_template, load_tokenizer
+
+IGNORE_INDEX = -100
+DEFAULT_CUTOFF = 100_000  # MindSpeed's cutoff_len when --seq-length is not given
+HEADER_KEY = b"packft.header"
+STATS_KEY = b"packft.stats"
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("source_row", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """How samples are tokenized; every field except ``workers`` is recorded in the shard."""
+
+    seq_length: int | None = None
+    """Truncation budget (MindSpeed ``--seq-length``); None means MindSpeed's 100000."""
+    append_eod: bool = False
+    """Append eos to input_ids and labels of every sample (MindSpeed ``--append-eod``)."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """Samples longer than seq_length: cut with MindSpeed's rule, or drop them."""
+    batch_size: int = 2048
+    """Conversations per encode call and per record batch."""
+    workers: int = 1
+    """Processes; the output does not depend on it."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.seq_length is not None and self.seq_length < 2:
+            problems.append(f"seq_length must be >= 2 or None, got {self.seq_length}")
+        if self.overlong not in ("truncate", "drop"):
+            problems.append(f"overlong must be 'truncate' or 'drop', got {self.overlong!r}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            problems.append(f"workers must be >= 1, got {self.workers}")
+        if problems:
+            raise ValueError("invalid tokenize options: " + "; ".join(problems))
+
+    def recorded(self) -> dict[str, Any]:
+        """The options that determine the output bytes (not ``workers``)."""
+        return {k: v for k, v in asdict(self).items() if k != "workers"}
+
+
+@dataclass
+class EncodedBatch:
+    """One batch's samples as flat arrays: sample i is ``ids[offsets[i]:offsets[i+1]]``."""
+
+    ids: np.ndarray  # int32
+    labels: np.ndarray  # int32
+    offsets: np.ndarray  # int64, n + 1
+    source_rows: np.ndarray  # int64
+    truncated: int = 0
+    dropped: int = 0
+
+    def to_record_batch(self) -> pa.RecordBatch:
+        off = pa.array(self.offsets.astype(np.int32))
+        return pa.record_batch(
+            [
+                pa.ListArray.from_arrays(off, pa.array(self.ids)),
+                pa.ListArray.from_arrays(off, pa.array(self.labels)),
+                pa.array(self.source_rows),
+            ],
+            schema=SCHEMA,
+        )
+
+
+@dataclass
+class TokenizeStats:
+    """Counts of one tokenize run (also stored in the shard; ``seconds`` is not)."""
+
+    samples_in: int = 0
+    valid: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+    dropped: int = 0
+    written: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    max_length: int = 0
+    template: str = ""
+    tokenizer_sha256: str = ""
+    input_sha256: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    packft_version: str = __version__
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("seconds")
+        return json.dumps(data, sort_keys=True)
+
+
+# --- truncation (MindSpeed's infer_max_len / _make_pairs) ---------------------------------------
+
+
+def infer_max_len(
+    source_len: int, target_len: int, max_len: int, reserved: int = 1
+) -> tuple[int, int]:
+    """(max source, max target) tokens of one turn under budget ``max_len``, split by share."""
+    total = source_len + target_len
+    max_target = int(max_len * (target_len / total)) if total else 0
+    max_target = max(max_target, reserved)
+    return max_len - min(max_target, target_len), max_target
+
+
+def truncate_turns(turn_lengths: list[tuple[int, int]], cutoff: int) -> list[tuple[int, int]]:
+    """Kept (source, target) lengths per turn; (0, 0) for turns dropped after the budget."""
+    kept, total = [], 0
+    for src, tgt in turn_lengths:
+        if total >= cutoff:
+            kept.append((0, 0))
+            continue
+        max_s, max_t = infer_max_len(src, tgt, cutoff - total)
+        s, t = min(src, max_s), min(tgt, max_t)
+        total += s + t
+        kept.append((s, t))
+    return kept
+
+
+# --- batch encoding ----------------------------------------------------------------------------
+
+
+def _encode_strings(tokenizer: Any, strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ids and per-string lengths of ``strings``, in one backend call."""
+    encodings = tokenizer._tokenizer.encode_batch_fast(strings, add_special_tokens=False)
+    lists = [e.ids for e in encodings]
+    lens = np.fromiter(map(len, lists), np.int64, len(lists))
+    flat = np.fromiter(chain.from_iterable(lists), np.int32, int(lens.sum()))
+    return flat, lens
+
+
+def encode_conversations(
+    convs: list[Conversation],
+    template: Template | ChatTemplate,
+    tokenizer: Any,
+    options: TokenizeOptions,
+) -> EncodedBatch:
+    """Render, encode (one backend call) and assemble a batch; see the module docstring."""
+    table: dict[str | int, int] = {}
+    strings: list[str] = []
+    ints: list[int] = []
+    occ_code: list[int] = []  # >= 0: index into strings; < 0: -(index into ints) - 1
+    occ_msg: list[int] = []
+    msg_sample: list[int] = []
+    msg_trained: list[bool] = []
+    turns_per_sample: list[int] = []
+    for s, conv in enumerate(convs):
+        turns = template.render(conv, tokenizer)
+        turns_per_sample.append(len(turns))
+        for turn in turns:
+            for trained, pieces in ((False, turn.source), (True, turn.target)):
+                m = len(msg_sample)
+                for piece in pieces:
+                    code = table.get(piece)
+                    if code is None:
+                        if isinstance(piece, str):
+                            code = len(strings)
+                            strings.append(piece)
+                        else:
+                            code = -len(ints) - 1
+                            ints.append(piece)
+                        table[piece] = code
+                    occ_code.append(code)
+                    occ_msg.append(m)
+                msg_sample.append(s)
+                msg_trained.append(trained)
+
+    flat, str_lens = np.zeros(0, np.int32), np.zeros(0, np.int64)
+    if strings:
+        flat, str_lens = _encode_strings(tokenizer, strings)
+    values = np.concatenate([flat, np.asarray(ints, np.int32)])
+    piece_lens = np.concatenate([str_lens, np.ones(len(ints), np.int64)])
+    piece_starts = np.zeros(len(piece_lens), np.int64)
+    np.cumsum(piece_lens[:-1], out=piece_starts[1:])
+
+    codes = np.asarray(occ_code, np.int64)
+    idx = np.where(codes >= 0, codes, len(strings) - codes - 1)
+    occ_len = piece_lens[idx]
+    occ_start = piece_starts[idx]
+    occ_m = np.asarray(occ_msg, np.int64)
+    n_msg, n = len(msg_sample), len(convs)
+    m_sample = np.asarray(msg_sample, np.int64)
+    msg_len = np.bincount(occ_m, weights=occ_len, minlength=n_msg).astype(np.int64)
+    sample_len = np.bincount(m_sample, weights=msg_len, minlength=n).astype(np.int64)
+
+    cutoff = options.seq_length or DEFAULT_CUTOFF
+    over = np.flatnonzero(sample_len > cutoff)
+    keep_sample = np.ones(n, bool)
+    keep_msg = msg_len.copy()
+    if len(over):
+        msg_first = np.searchsorted(m_sample, over)
+        for s, first in zip(over.tolist(), msg_first.tolist(), strict=True):
+            k = 2 * turns_per_sample[s]
+            if options.overlong == "drop":
+                keep_sample[s] = False
+                keep_msg[first : first + k] = 0
+                continue
+            lens = msg_len[first : first + k].tolist()
+            kept = truncate_turns(list(zip(lens[0::2], lens[1::2], strict=True)), cutoff)
+            keep_msg[first : first + k] = [x for pair in kept for x in pair]
+    # Clip each occurrence to what its message keeps (message prefixes survive truncation).
+    msg_base = np.cumsum(msg_len) - msg_len
+    starts_excl = np.cumsum(occ_len) - occ_len
+    before = starts_excl - msg_base[occ_m]
+    new_len = np.clip(keep_msg[occ_m] - before, 0, occ_len)
+
+    total = int(new_len.sum())
+    out_start = np.cumsum(new_len) - new_len
+    gather = np.repeat(occ_start - out_start, new_len) + np.arange(total, dtype=np.int64)
+    ids = values[gather]
+    trained = np.repeat(np.asarray(msg_trained, bool)[occ_m], new_len)
+    labels = np.where(trained, ids, np.int32(IGNORE_INDEX)).astype(np.int32)
+    out_len = np.bincount(m_sample[occ_m], weights=new_len, minlength=n).astype(np.int64)
+    out_len = out_len[keep_sample]
+
+    if options.append_eod:
+        eos = np.int32(tokenizer.eos_token_id)
+        ends = np.cumsum(out_len)
+        ids = np.insert(ids, ends, eos)
+        labels = np.insert(labels, ends, eos)
+        out_len = out_len + 1
+    offsets = np.zeros(len(out_len) + 1, np.int64)
+    np.cumsum(out_len, out=offsets[1:])
+    rows = np.fromiter((c.row for c in convs), np.int64, n)[keep_sample]
+    truncated = 0 if options.overlong == "drop" else len(over)
+    return EncodedBatch(ids, labels, offsets, rows, truncated, n - int(keep_sample.sum()))
+
+
+# --- running: in-process or an ordered window over spawn workers --------------------------------
+
+_WORKER: tuple[Template | ChatTemplate, Any, TokenizeOptions] | None = None
+
+
+@dataclass
+class BackendTokenizer:
+    """What table templates and the encoder need of a tokenizer, without transformers.
+
+    Workers rebuild the main process's fixed-up tokenizer from its serialized Rust backend, so
+    a worker starts in ~0.3 s instead of ~3 s (importing transformers pulls in torch).
+    """
+
+    _tokenizer: Any
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+
+    @classmethod
+    def spec(cls, tokenizer: Any) -> tuple[str, int | None, int | None, int | None]:
+        ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        return (tokenizer._tokenizer.to_str(), *ids)
+
+    @classmethod
+    def from_spec(cls, spec: tuple[str, int | None, int | None, int | None]) -> BackendTokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(spec[0]), *spec[1:])
+
+
+def _init_worker(
+    tokenizer_path: str, template_name: str, options: TokenizeOptions, spec: tuple | None
+) -> None:
+    # Share the cores among workers (set before `tokenizers` is first imported here): Rust
+    # threads = cores // workers, and no Rust pool at all when that is 1 (see module docstring).
+    threads = max(1, len(os.sched_getaffinity(0)) // options.workers)
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    global _WORKER
+    template = get_template(template_name)
+    if spec is not None:
+        tokenizer = BackendTokenizer.from_spec(spec)
+    else:  # hf templates need transformers' apply_chat_template
+        tokenizer = load_tokenizer(tokenizer_path, template_name)
+    _WORKER = (template, tokenizer, options)
+
+
+def _encode_in_worker(convs: list[Conversation]) -> EncodedBatch:
+    if _WORKER is None:  # pragma: no cover - the pool initializer always runs first
+        raise RuntimeError("tokenize worker used before its initializer ran")
+    template, tokenizer, options = _WORKER
+    return encode_conversations(convs, template, tokenizer, options)
+
+
+def tokenize_batches(
+    batches: Iterable[list[Conversation]],
+    tokenizer_path: str | Path,
+    template: str,
+    options: TokenizeOptions,
+    tokenizer: Any = None,
+) -> Iterator[EncodedBatch]:
+    """Encode conversation batches in order; ``options.workers`` processes, same result for any.
+
+    Args:
+        batches: lists of valid conversations (empty lists are skipped).
+        tokenizer_path: what workers load (with ``load_tokenizer``); in-process runs use
+            ``tokenizer`` when given.
+        template: ``--prompt-type`` name.
+        options: see :class:`TokenizeOptions`.
+        tokenizer: an already loaded tokenizer for ``workers == 1``.
+    """
+    nonempty = (b for b in batches if b)
+    tpl = get_template(template)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_path, template)
+    if options.workers == 1:
+        for convs in nonempty:
+            yield encode_conversations(convs, tpl, tok, options)
+        return
+    spec = BackendTokenizer.spec(tok) if isinstance(tpl, Template) else None
+    pool = ProcessPoolExecutor(
+        options.workers,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(str(tokenizer_path), template, options, spec),
+    )
+    window: deque[Future[EncodedBatch]] = deque()
+    try:
+        for convs in nonempty:
+            window.append(pool.submit(_encode_in_worker, convs))
+            if len(window) >= 2 * options.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def tokenizer_fingerprint(tokenizer: Any, template: str) -> str:
+    """sha256 of everything that decides the ids: backend model, specials, chat template."""
+    h = hashlib.sha256(tokenizer._tokenizer.to_str().encode())
+    specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, template]
+    h.update(json.dumps(specials).encode())
+    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
+    return h.hexdigest()
+
+
+def tokenize_file(
+    path: Path,
+    out_path: Path,
+    *,
+    fmt: str,
+    map_keys: dict[str, str] | None = None,
+    tokenizer_path: str | Path,
+    template: str,
+    options: TokenizeOptions = TokenizeOptions(),
+    rejects_path: Path | None = None,
+    on_invalid: Literal["skip", "fail"] = "skip",
+    progress: Callable[[int], None] | None = None,
+) -> TokenizeStats:
+    """Read, validate, tokenize ``path`` into one Arrow shard at ``out_path`` (atomically).
+
+    Args:
+        path: one local data file (see :func:`packft.sources.iter_record_batches`).
+        out_path: the shard to write; its directory is created.
+        fmt: ``alpaca`` | ``sharegpt`` | ``openai`` (see :mod:`packft.formats`).
+        map_keys: MindSpeed ``--map-keys`` renames.
+        tokenizer_path: HF tokenizer dir or hub id.
+        template: ``--prompt-type`` (see :data:`packft.templates.TEMPLATE_NAMES`).
+        options: see :class:`TokenizeOptions`.
+        rejects_path: JSONL of rejected records (default ``<out_path>.rejects.jsonl``).
+        on_invalid: ``skip`` counts and logs invalid records, ``fail`` raises on the first.
+        progress: called with the number of samples of each finished batch.
+
+    Returns:
+        The run's :class:`TokenizeStats` (also stored in the shard, see :func:`read_stats`).
+
+    Raises:
+        ValueError: unknown template or bad options (before any work);
+            packft.formats.InvalidRecordError with ``on_invalid="fail"``.
+    """
+    from packft.formats import RejectLog, iter_conversations
+    from packft.sources import file_sha256, iter_record_batches
+
+    started = time.perf_counter()
+    path, out_path = Path(path), Path(out_path)
+    get_template(template)  # unknown names fail before any work
+    tokenizer = load_tokenizer(tokenizer_path, template)
+    stats = TokenizeStats(
+        template=template,
+        tokenizer_sha256=tokenizer_fingerprint(tokenizer, template),
+        input_sha256=file_sha256(path),
+        options={**options.recorded(), "format": fmt, "map_keys": map_keys},
+    )
+    rejects_path = rejects_path or out_path.with_name(out_path.name + ".rejects.jsonl")
+
+    def counted(batches: Iterable[Any]) -> Iterator[Any]:
+        for batch in batches:
+            stats.samples_in += len(batch.rows)
+            yield batch
+
+    with RejectLog(rejects_path, on_invalid) as rejects:
+        records = counted(iter_record_batches(path, options.batch_size))
+        convs = iter_conversations(records, fmt, map_keys, rejects)
+        encoded = tokenize_batches(convs, tokenizer_path, template, options, tokenizer)
+
+        def finish(st: TokenizeStats) -> None:
+            st.valid = rejects.valid
+            st.rejected = dict(sorted(rejects.counts.items()))
+
+        write_shard(out_path, encoded, stats, finish, progress)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def write_shard(
+    out_path: Path,
+    batches: Iterable[EncodedBatch],
+    stats: TokenizeStats,
+    finish: Callable[[TokenizeStats], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TokenizeStats:
+    """Stream ``batches`` into an Arrow shard at ``out_path`` (temp file, fsync, rename).
+
+    ``stats`` supplies the header (template, tokenizer, input, options) and accumulates the
+    per-batch counts; ``finish`` completes it (e.g. reject counts) before it is stored.
+    """
+    from packft.atomic import atomic_writer
+
+    header = {
+        "template": stats.template,
+        "tokenizer_sha256": stats.tokenizer_sha256,
+        "input_sha256": stats.input_sha256,
+        "options": stats.options,
+        "packft_version": stats.packft_version,
+    }
+    schema = SCHEMA.with_metadata({HEADER_KEY: json.dumps(header, sort_keys=True)})
+    with atomic_writer(Path(out_path)) as handle, ipc.new_file(handle, schema) as writer:
+        for enc in batches:
+            writer.write_batch(enc.to_record_batch())
+            lengths = np.diff(enc.offsets)
+            stats.written += len(lengths)
+            stats.truncated += enc.truncated
+            stats.dropped += enc.dropped
+            stats.tokens += int(lengths.sum())
+            stats.supervised_tokens += int(np.count_nonzero(enc.labels != IGNORE_INDEX))
+            stats.max_length = max(stats.max_length, int(lengths.max(initial=0)))
+            if progress is not None:
+                progress(len(lengths) + enc.dropped)
+        if finish is not None:
+            finish(stats)
+        empty = pa.RecordBatch.from_pylist([], schema=SCHEMA)
+        writer.write_batch(empty, custom_metadata={STATS_KEY: stats.to_json()})
+    return stats
+
+
+# --- reading shards ----------------------------------------------------------------------------
+
+
+class ShardError(ValueError):
+    """A file that is not a packft tokenize shard (or is from an incompatible version)."""
+
+
+class ShardReader:
+    """Memory-mapped view of a shard: sample i's ids and labels are numpy views, no copy.
+
+    ``buffer`` is the whole file as one int32 array; sample i's ids are
+    ``buffer[ids_pos[i] : ids_pos[i] + lengths[i]]`` (labels likewise with ``labels_pos``), so
+    the pack step can gather any samples with one fancy index (:meth:`gather`). Resident
+    memory is 28 bytes per sample for the index arrays plus the pages actually touched.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such tokenize shard; run `packft preprocess`")
+        self._mmap = pa.memory_map(str(self.path))
+        whole = self._mmap.read_buffer()
+        self._mmap.seek(0)
+        try:
+            reader = ipc.open_file(self._mmap)
+        except pa.ArrowInvalid as exc:
+            raise ShardError(f"{self.path} is not an Arrow IPC file: {exc}") from exc
+        meta = reader.schema.metadata or {}
+        if HEADER_KEY not in meta or not reader.schema.remove_metadata().equals(SCHEMA):
+            raise ShardError(f"{self.path} is not a packft tokenize shard (schema {reader.schema})")
+        self.header: dict[str, Any] = json.loads(meta[HEADER_KEY])
+        last = reader.get_batch_with_custom_metadata(reader.num_record_batches - 1)
+        if last.custom_metadata is None or STATS_KEY not in last.custom_metadata:
+            raise ShardError(f"{self.path} has no stats batch (an interrupted or foreign write)")
+        self.stats: dict[str, Any] = json.loads(last.custom_metadata[STATS_KEY])
+        self.buffer = np.frombuffer(whole, np.int32, len(whole) // 4)
+        base = whole.address
+        lengths, ids_pos, labels_pos, rows = [], [], [], []
+        for b in range(reader.num_record_batches - 1):
+            batch = reader.get_batch(b)
+            for col, out in (("input_ids", ids_pos), ("labels", labels_pos)):
+                arr = batch.column(col)
+                start = arr.values.buffers()[1].address + 4 * arr.values.offset - base
+                if start % 4:
+                    raise ShardError(f"{self.path}: misaligned value buffer in batch {b}")
+                out.append(start // 4 + _view(arr.offsets, np.int32)[:-1].astype(np.int64))
+            lengths.append(np.diff(_view(batch.column("input_ids").offsets, np.int32)))
+            rows.append(_view(batch.column("source_row"), np.int64))
+        cat = np.concatenate
+        self.lengths: np.ndarray = cat(lengths) if lengths else np.zeros(0, np.int32)
+        self.ids_pos: np.ndarray = cat(ids_pos) if ids_pos else np.zeros(0, np.int64)
+        self.labels_pos: np.ndarray = cat(labels_pos) if labels_pos else np.zeros(0, np.int64)
+        self.source_rows: np.ndarray = cat(rows) if rows else np.zeros(0, np.int64)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.lengths)
+
+    def close(self) -> None:
+        """Drop the index arrays and the map (views handed out keep their pages alive)."""
+        self.buffer = np.zeros(0, np.int32)
+        self._mmap.close()
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, labels) of sample ``i`` as read-only int32 views into the file."""
+        n = int(self.lengths[i])
+        a, b = int(self.ids_pos[i]), int(self.labels_pos[i])
+        return self.buffer[a : a + n], self.buffer[b : b + n]
+
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Concatenated ids and labels of ``indices`` (in that order) and their lengths."""
+        idx = np.asarray(indices, np.int64)
+        lens = self.lengths[idx].astype(np.int64)
+        within = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(lens) - lens, lens
+        )
+        return (
+            self.buffer[np.repeat(self.ids_pos[idx], lens) + within],
+            self.buffer[np.repeat(self.labels_pos[idx], lens) + within],
+            lens.astype(np.int32),
+        )
+
+
+def _view(array: pa.Array, dtype: type[np.generic]) -> np.ndarray:
+    """Zero-copy numpy view of a null-free fixed-width Arrow array (``to_numpy`` imports pandas)."""
+    return np.frombuffer(
+        array.buffers()[1], dtype, len(array), array.offset * np.dtype(dtype).itemsize
+    )
+
+
+def read_lengths(shard: str | Path) -> np.ndarray:
+    """int32 length of every sample of a shard (reads only the offsets)."""
+    return ShardReader(shard).lengths
+
+
+def read_stats(shard: str | Path) -> dict[str, Any]:
+    """The stats a finished tokenize run stored in ``shard`` (no data is read)."""
+    return ShardReader(shard).stats
