@@ -33,6 +33,8 @@ from types import TracebackType
 
 import numpy as np
 
+from packft.atomic import fsync_dir
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 HEADER_SIZE = 34
@@ -77,14 +79,6 @@ def sft_prefix(prefix: str | Path, key: str) -> str:
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IndexedDatasetWriter:
@@ -199,7 +193,7 @@ def commit(pairs: Iterable[tuple[Path, Path]]) -> None:
     for tmp, final in pairs:
         os.replace(tmp, final)
     for directory in {final.parent for _, final in pairs}:
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
 
 class IndexedDataset:
