@@ -44,7 +44,18 @@ _CHUNK = 1 << 20
 
 
 class DownloadError(OSError):
-    """A remote input could not be fetched (the message says why and what to do instead)."""
+    """A remote input could not be fetched (the message says why and what to do instead).
+
+    ``transient`` is True only when the server or network kept failing (connection errors,
+    timeouts, 5xx/408/429) until the in-call retries ran out: a later attempt may succeed. A
+    4xx answer, a checksum mismatch or an unusable URL is final (False).
+    """
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class ChecksumMismatchError(DownloadError):
@@ -261,7 +272,8 @@ def fetch_url(
                         raise DownloadError(
                             f"{url}: giving up after {failures} failed attempts in a row (last: "
                             f"{exc}); {part.stat().st_size if part.exists() else 0} bytes are kept "
-                            "in the cache and a re-run resumes from there."
+                            "in the cache and a re-run resumes from there.",
+                            transient=True,
                         ) from exc
                     delay = exc.retry_after if exc.retry_after is not None else 0.0
                     time.sleep(max(delay, backoff * 2 ** (failures - 1)))

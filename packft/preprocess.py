@@ -17,8 +17,13 @@ How ``--overlong`` reaches the tokenizer: ``truncate`` gives the template-aware 
 proportional) MindSpeed truncation a budget of ``seq_length - 1`` minus the eod, so samples fit a
 row with their eod intact; ``drop`` tokenizes exactly like MindSpeed (budget ``seq_length``) and
 then drops what exceeds ``seq_length - 1`` (MindSpeed's ``--pack`` and unpacked rule; with
-``--pack-algorithm knapsack --neat-pack`` MindSpeed cuts to ``seq_length - 1`` instead, and so
-does packft); ``split`` tokenizes without a budget and cuts samples into row-sized pieces.
+``--pack-algorithm knapsack --neat-pack`` packft does what MindSpeed's ``--neat-pack`` does
+instead: each turn's (source, target) pair is cut on its own to ``seq_length - 1`` at
+tokenization, and a sample still longer than that is tail-cut at packing); ``split`` tokenizes
+without a budget and cuts samples into row-sized pieces.
+
+The write step takes the pad id and vocabulary size from the shard headers; it loads the
+tokenizer only for shards written before the headers carried them.
 
 Measured (benchmarks/bench_preprocess.py, the seed's command, 100k Alpaca records, this 2-core
 box shared at load average 3-10, so each run is compared with a floor measured just before it:
@@ -35,7 +40,9 @@ import argparse
 import functools
 import hashlib
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +52,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from packft import __version__
-from packft.atomic import atomic_writer
 
 HANDLERS = (
     "AlpacaStyleInstructionHandler",
@@ -53,6 +59,8 @@ HANDLERS = (
     "OpenAIInstructionHandler",
 )
 DEFAULT_CACHE = "~/.cache/packft"
+SHARD_FORMAT = 2
+"""In the shard cache key: 2 = header with pad/eos ids and vocab size, neat-pack pair cut."""
 
 
 class PreprocessConfig(BaseModel):
@@ -136,11 +144,18 @@ class PreprocessConfig(BaseModel):
     def capacity(self) -> int | None:
         return None if self.seq_length is None else self.seq_length - 1
 
+    def mindspeed_neat(self) -> bool:
+        """``--pack-algorithm knapsack --overlong drop --neat-pack``: MindSpeed's neat-pack cuts
+        (per pair at tokenization, tail at packing) replace the drop, as in MindSpeed."""
+        return self.overlong == "drop" and self.neat_pack and self.pack_algorithm == "knapsack"
+
     def pack_overlong(self) -> str:
         """The pack step's policy (MindSpeed's neat-pack cuts where plain --pack drops)."""
-        if self.overlong == "drop" and self.neat_pack and self.pack_algorithm == "knapsack":
-            return "truncate"
-        return self.overlong
+        return "truncate" if self.mindspeed_neat() else self.overlong
+
+    def pair_cutoff(self) -> int | None:
+        """MindSpeed's neat-pack per-pair cut ``seq_length - 1`` (see :func:`mindspeed_neat`)."""
+        return self.seq_length - 1 if self.mindspeed_neat() and self.seq_length else None
 
     def tokenize_budget(self) -> int | None:
         """Truncation budget handed to the tokenizer (see the module docstring)."""
@@ -197,6 +212,7 @@ def _options(cfg: PreprocessConfig):
         seq_length=cfg.tokenize_budget(),
         append_eod=cfg.append_eod,
         overlong="truncate",
+        pair_cutoff=cfg.pair_cutoff(),
         workers=cfg.workers,
     )
 
@@ -213,6 +229,7 @@ def _shard_key(path: Path, cfg: PreprocessConfig) -> str:
         "options": _options(cfg).recorded(),
         "on_invalid": cfg.on_invalid,  # a shard made with "skip" must not satisfy "fail"
         "version": __version__,
+        "shard_format": SHARD_FORMAT,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -226,11 +243,12 @@ def rejects_path_for(shard: Path) -> Path:
     return Path(shard).with_suffix(".rejects.jsonl")
 
 
-def fetch_inputs(cfg: PreprocessConfig) -> list[Path]:
-    """Local data files for ``--input`` (downloads land in ``--cache-dir``)."""
+def fetch_inputs(cfg: PreprocessConfig, refresh: bool = False) -> list[Path]:
+    """Local data files for ``--input`` (downloads land in ``--cache-dir``; ``refresh``
+    downloads remote inputs again instead of reusing the cached copy)."""
     from packft.sources import resolve_input
 
-    return resolve_input(cfg.input, cfg.cache_path / "downloads")
+    return resolve_input(cfg.input, cfg.cache_path / "downloads", refresh=refresh)
 
 
 def validate_input(path: Path, cfg: PreprocessConfig, rejects_path: Path | None = None) -> Any:
@@ -284,7 +302,7 @@ def tokenize_input(
 def plan(cfg: PreprocessConfig, shard_paths: list[Path]) -> Path:
     """Plan rows over all shards at once; returns the plan file (in the cache directory)."""
     from packft.pack import plan_packing, plan_unpacked
-    from packft.rows import TokenShards
+    from packft.shards import TokenShards
 
     with TokenShards(shard_paths) as shards:
         lengths = shards.lengths
@@ -320,15 +338,19 @@ def write(
 
     from packft.indexed import optimal_dtype
     from packft.pack import PackPlan
-    from packft.rows import TokenShards, write_sft_dataset
+    from packft.rows import write_sft_dataset
+    from packft.shards import TokenShards, tokenizer_ids
     from packft.sources import file_sha256
     from packft.stats import merged_counts, tokenize_totals
 
-    tokenizer = _load_tokenizer(cfg.tokenizer_name_or_path, cfg.prompt_type.strip())
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    ids_dtype = optimal_dtype(len(tokenizer)) if cfg.dtype == "optimal" else np.int32
+    ids = tokenizer_ids(shard_paths)
+    if ids is None:  # shards from before the header held the ids (or no shards at all)
+        tokenizer = _load_tokenizer(cfg.tokenizer_name_or_path, cfg.prompt_type.strip())
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        ids = {"pad_id": pad, "eos_id": eos, "vocab_size": len(tokenizer)}
+    pad_id = ids["pad_id"]
+    ids_dtype = optimal_dtype(ids["vocab_size"]) if cfg.dtype == "optimal" else np.int32
     the_plan = PackPlan.load(plan_file)
     tok = tokenize_totals(shard_paths)
     sidecar = {
@@ -347,23 +369,34 @@ def write(
         "shards": [p.name for p in shard_paths],
     }
     seq_length = cfg.seq_length or int(the_plan.lengths.max(initial=1)) + 1
-    with atomic_writer(Path(f"{cfg.prefix}.rejects.jsonl"), "wb") as out:
-        for shard in shard_paths:
-            if rejects_path_for(shard).exists():
-                out.write(rejects_path_for(shard).read_bytes())
-    with TokenShards(shard_paths) as shards:
-        stats = write_sft_dataset(
-            cfg.prefix,
-            shards,
-            the_plan,
-            seq_length=seq_length,
-            pad_id=int(pad_id),
-            pack=cfg.pack,
-            neat_pack=cfg.neat_pack,
-            ids_dtype=ids_dtype,
-            sidecar={**sidecar, "stats": merged_counts(tok, the_plan)},
-            progress=progress,
-        )
+    # The rejects file is renamed with the data files (after the old sidecar is removed), so a
+    # failed or killed write leaves the previous dataset's rejects with its sidecar.
+    rejects = Path(f"{cfg.prefix}.rejects.jsonl")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{rejects.name}.", dir=rejects.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(fd, 0o644)
+            for shard in shard_paths:
+                if rejects_path_for(shard).exists():
+                    out.write(rejects_path_for(shard).read_bytes())
+            out.flush()
+            os.fsync(fd)
+        with TokenShards(shard_paths) as shards:
+            stats = write_sft_dataset(
+                cfg.prefix,
+                shards,
+                the_plan,
+                seq_length=seq_length,
+                pad_id=int(pad_id),
+                pack=cfg.pack,
+                neat_pack=cfg.neat_pack,
+                ids_dtype=ids_dtype,
+                sidecar={**sidecar, "stats": merged_counts(tok, the_plan)},
+                progress=progress,
+                extra_files=[(Path(tmp_name), rejects)],
+            )
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)  # renamed on success
     return {**stats.to_dict(), **merged_counts(tok, the_plan)}
 
 

@@ -1,7 +1,7 @@
 """Build fixed-length rows from a plan and write MindSpeed's three SFT datasets, plan and sidecar.
 
-Input: tokenized shards (Arrow IPC files with ``input_ids`` and ``labels`` as ``list<int32>``,
-one row per sample, global sample index = shards concatenated in order) and a
+Input: tokenized shards (:mod:`packft.shards`; global sample index = shards concatenated in
+order) and a
 :class:`~packft.pack.PackPlan`. Output, for ``--output-prefix P``::
 
     P_packed_{input_ids,attention_mask,labels}_document.{bin,idx}   (Megatron MMap, MindSpeed names)
@@ -21,9 +21,9 @@ labels are written as tokenized. Example, seq_length 8, pieces [5 6 7] and [8 9]
 Split pieces (``--overlong split``) are separate segments: a piece does not attend to the
 earlier pieces of its sample, and its first label is -100 like any sample start.
 
-Memory: tokens are fetched per piece with ``os.pread`` at file offsets found once from the Arrow
-metadata, so nothing is memory-mapped while rows are built and peak RSS is a few row buffers plus
-O(samples) small index arrays, flat in dataset size. Crash semantics: every data file is written
+Memory: tokens are fetched per piece with ``os.pread`` through :class:`packft.shards.TokenShards`
+(why not a map: see :mod:`packft.shards`), so peak RSS is a few row buffers plus O(samples)
+small index arrays, flat in dataset size. Crash semantics: every data file is written
 under a temporary name, fsynced, and only then renamed; the old sidecar is removed before the
 renames and the new one is written after them, so a dataset whose ``P.packft.json`` exists is
 complete and consistent. A crash in the (microsecond) rename window can leave a mix of old and
@@ -31,26 +31,26 @@ new data files without a sidecar; ``packft inspect`` reports that state. A kille
 hidden ``.{name}.tmp-{pid}`` files next to the dataset (outside MindSpeed's glob), which later
 runs neither read nor remove.
 
-Measured (benchmarks/bench_preprocess.py): the write step (tokenizer load for the pad id,
-pread gather, three writers, fsync, sidecar) takes 1.3 s for 100k Alpaca samples (4,884 rows of
-4096) and 4.0 s for 400k, with the main process flat at ~0.55 GiB (mostly transformers).
+Measured (benchmarks/bench_preprocess.py, before the pad id moved into the shard header): the
+write step (tokenizer load, pread gather, three writers, fsync, sidecar) took 1.3 s for 100k
+Alpaca samples (4,884 rows of 4096) and 4.0 s for 400k, with the main process flat at ~0.55 GiB
+(mostly transformers). It no longer loads the tokenizer for shards that carry the ids.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from packft.atomic import atomic_writer
 from packft.indexed import SFT_KEYS, IndexedDatasetWriter, commit, sft_prefix
 from packft.pack import PackPlan, lower_bound_rows
+from packft.shards import ShardFormatError, TokenShards  # noqa: F401  (old import path)
 
 IGNORE_INDEX = -100
 
@@ -61,122 +61,6 @@ def sidecar_path(prefix: str | Path) -> Path:
 
 def plan_path(prefix: str | Path) -> Path:
     return Path(f"{prefix}.packft.plan.npz")
-
-
-class ShardFormatError(ValueError):
-    """A tokenized shard without the expected ``input_ids``/``labels`` list<int32> columns."""
-
-
-class TokenShards:
-    """Random access to samples of several tokenized Arrow shards through ``pread``.
-
-    Opening reads only the Arrow metadata and the per-batch list offsets; token data is never
-    mapped or cached, so reading any number of samples keeps memory flat.
-    """
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = [Path(p) for p in paths]
-        self._fds: list[int] = []
-        lengths, where = [], []  # where: (shard, ids file offset, labels file offset) per sample
-        for s, path in enumerate(self.paths):
-            fd = os.open(path, os.O_RDONLY)
-            self._fds.append(fd)
-            for batch_ids, batch_labels, starts, sizes in _scan_shard(path):
-                lengths.append(sizes)
-                where.append(
-                    (
-                        np.full(len(sizes), s, np.int32),
-                        batch_ids + starts * 4,
-                        batch_labels + starts * 4,
-                    )
-                )
-        if lengths:
-            self.lengths = np.concatenate(lengths).astype(np.int64)
-            self._shard = np.concatenate([w[0] for w in where])
-            self._ids_at = np.concatenate([w[1] for w in where])
-            self._labels_at = np.concatenate([w[2] for w in where])
-        else:
-            self.lengths = np.zeros(0, np.int64)
-            self._shard = np.zeros(0, np.int32)
-            self._ids_at = self._labels_at = np.zeros(0, np.int64)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.lengths)
-
-    def read(
-        self, i: int, start: int = 0, count: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, labels) of sample ``i``, tokens ``start:start+count``, as int32 arrays."""
-        n = int(self.lengths[i]) - start if count is None else int(count)
-        fd = self._fds[self._shard[i]]
-        ids = np.frombuffer(os.pread(fd, 4 * n, int(self._ids_at[i]) + 4 * start), np.int32)
-        labels = np.frombuffer(os.pread(fd, 4 * n, int(self._labels_at[i]) + 4 * start), np.int32)
-        if len(ids) != n or len(labels) != n:
-            raise ShardFormatError(f"short read of sample {i} in {self.paths[self._shard[i]]}")
-        return ids, labels
-
-    def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
-
-    def __enter__(self) -> TokenShards:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _int32_values(array: pa.Array) -> np.ndarray:
-    """An int32 Arrow array as int64 numpy (``to_numpy`` would import pandas: +0.3 s)."""
-    raw = np.frombuffer(array.buffers()[1], np.int32, len(array), array.offset)
-    return raw.astype(np.int64)
-
-
-def _scan_shard(path: Path) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
-    """(ids values file offset, labels values file offset, starts, sizes) per record batch.
-
-    Only the Arrow metadata and list offsets are touched; the map is dropped on return.
-    """
-    source = pa.memory_map(str(path))
-    try:
-        base = source.read_buffer()
-        source.seek(0)
-        try:
-            reader = ipc.open_file(source)
-        except pa.ArrowInvalid as error:
-            raise ShardFormatError(f"{path} is not an Arrow IPC file: {error}") from None
-        names = reader.schema.names
-        for name in ("input_ids", "labels"):
-            if name not in names:
-                raise ShardFormatError(
-                    f"{path} has no {name!r} column (columns: {names}); is it a packft shard?"
-                )
-            if reader.schema.field(name).type != pa.list_(pa.int32()):
-                raise ShardFormatError(
-                    f"{path}: {name} is {reader.schema.field(name).type}, want list<int32>"
-                )
-        out = []
-        for b in range(reader.num_record_batches):
-            batch = reader.get_batch(b)
-            if batch.num_rows == 0:
-                continue
-            found = []
-            for name in ("input_ids", "labels"):
-                col = batch.column(name)
-                data = col.values.buffers()[1]
-                at = data.address - base.address + 4 * col.values.offset
-                if not 0 <= at <= base.size:
-                    raise ShardFormatError(f"{path}: compressed Arrow IPC is not supported")
-                found.append((at, _int32_values(col.offsets)))
-            (ids_at, offsets), (labels_at, label_offsets) = found
-            if not np.array_equal(offsets, label_offsets):
-                raise ShardFormatError(f"{path}: input_ids and labels lengths differ")
-            out.append((ids_at, labels_at, offsets[:-1], np.diff(offsets)))
-        return out
-    finally:
-        source.close()
 
 
 @dataclass
@@ -217,6 +101,7 @@ def write_sft_dataset(
     ids_dtype: type[np.generic] = np.int32,
     sidecar: dict | None = None,
     progress: Callable[[int], None] | None = None,
+    extra_files: Sequence[tuple[Path, Path]] = (),
 ) -> RowStats:
     """Write rows of ``plan`` to the three SFT datasets, then plan file and sidecar (last).
 
@@ -231,6 +116,9 @@ def write_sft_dataset(
         ids_dtype: dtype of ``input_ids`` (int32, or uint16 for ``--dtype optimal``).
         sidecar: extra JSON fields (config, hashes, ...); stats are added under ``"stats"``.
         progress: called with the number of rows written since the last call.
+        extra_files: finished ``(temporary, final)`` files of the same dataset (the rejects
+            file) renamed together with the data files, so they belong to the same sidecar;
+            removed if the write fails.
 
     Returns:
         The :class:`RowStats` of what was written.
@@ -298,6 +186,8 @@ def write_sft_dataset(
     except BaseException:
         for w in writers.values():
             w.abort()
+        for tmp, _ in extra_files:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
     total = int(plan.lengths.sum(dtype=np.int64))
@@ -321,7 +211,7 @@ def write_sft_dataset(
 
     sidecar_file = sidecar_path(prefix)
     sidecar_file.unlink(missing_ok=True)  # no sidecar while data files change
-    commit(pairs)
+    commit([*pairs, *((Path(t), Path(f)) for t, f in extra_files)])
     plan.save(plan_path(prefix))
     payload = dict(sidecar or {})
     payload["stats"] = {**stats.to_dict(), **payload.get("stats", {})}  # caller's counts win

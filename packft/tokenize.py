@@ -28,6 +28,13 @@ spent are dropped. It changes a sample iff its templated length exceeds ``seq_le
 appends the eos id to input_ids and labels (trained), so a truncated sample can be
 ``seq_length + 1`` long, as in MindSpeed; the pack step owns its row capacity.
 
+``pair_cutoff`` (set by preprocess for MindSpeed's ``--neat-pack``) then cuts each turn's
+(source, target) pair *on its own* to ``pair_cutoff`` tokens with LLaMA-Factory's
+``infer_seqlen`` (:func:`infer_seqlen`): a side under half the cutoff stays whole, else the
+target keeps its share. MindSpeed applies it per pair, not to the sum, so a multi-turn sample
+can still exceed ``seq_length - 1``; its packer then tail-cuts it. Samples changed by either
+cut are counted as truncated.
+
 Parallelism: ``workers == 1`` runs in-process and lets the Rust backend use every core.
 ``workers > 1`` starts ``spawn`` processes (never ``fork``: a live Rust thread pool does not
 survive a fork) that rebuild the main process's fixed-up tokenizer from its serialized backend
@@ -38,12 +45,10 @@ go out through a window of ``2 * workers`` futures and come back in order, so me
 by a few batches and the output is byte-identical for any worker count. As with any ``spawn``
 pool, a script calling this with ``workers > 1`` needs an ``if __name__ == "__main__":`` guard.
 
-Output: one Arrow IPC file, columns ``input_ids: list<int32>``, ``labels: list<int32>``,
-``source_row: int64``, one record batch per input batch. The schema metadata ``packft.header``
-holds what the run depends on (template, tokenizer fingerprint, input sha256, options, version);
-the final stats are the custom metadata of a last, empty record batch (the schema is written
-before the stats are known), read by :func:`read_stats` without touching the data. The file is
-written to a temporary name in the output directory, fsynced and renamed.
+Output: one shard per input file, one record batch per input batch, in the format of
+:mod:`packft.shards` (header: template, tokenizer fingerprint, input sha256, options, version,
+and the tokenizer's pad/eos ids and size; stats in a trailing batch, read by
+:func:`packft.shards.read_stats`), written to a temporary name, fsynced and renamed.
 
 Measured (benchmarks/bench_tokenize.py, 200k samples, Llama-2 tokenizer and template,
 ``--append-eod --seq-length 4096``, 2 shared cores at load ~1.5): Alpaca en+zh, 49.6M tokens:
@@ -71,23 +76,23 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from packft import __version__
 from packft.records import Conversation
+from packft.shards import (  # noqa: F401  (ShardReader & co. are re-exported for old imports)
+    IGNORE_INDEX,
+    SCHEMA,
+    ShardError,
+    ShardReader,
+    read_header,
+    read_lengths,
+    read_stats,
+    record_batch,
+)
+from packft.shards import write_shard as write_shard_file
 from packft.templates import ChatTemplate, Template, get_template, load_tokenizer
 
-IGNORE_INDEX = -100
 DEFAULT_CUTOFF = 100_000  # MindSpeed's cutoff_len when --seq-length is not given
-HEADER_KEY = b"packft.header"
-STATS_KEY = b"packft.stats"
-SCHEMA = pa.schema(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("source_row", pa.int64()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class TokenizeOptions:
     """Append eos to input_ids and labels of every sample (MindSpeed ``--append-eod``)."""
     overlong: Literal["truncate", "drop"] = "truncate"
     """Samples longer than seq_length: cut with MindSpeed's rule, or drop them."""
+    pair_cutoff: int | None = None
+    """Then cut every (source, target) pair longer than this on its own with
+    :func:`infer_seqlen` (MindSpeed's ``--neat-pack`` does it with ``seq_length - 1``)."""
     batch_size: int = 2048
     """Conversations per encode call and per record batch."""
     workers: int = 1
@@ -109,6 +117,8 @@ class TokenizeOptions:
         problems = []
         if self.seq_length is not None and self.seq_length < 2:
             problems.append(f"seq_length must be >= 2 or None, got {self.seq_length}")
+        if self.pair_cutoff is not None and self.pair_cutoff < 1:
+            problems.append(f"pair_cutoff must be >= 1 or None, got {self.pair_cutoff}")
         if self.overlong not in ("truncate", "drop"):
             problems.append(f"overlong must be 'truncate' or 'drop', got {self.overlong!r}")
         if self.batch_size < 1:
@@ -135,15 +145,7 @@ class EncodedBatch:
     dropped: int = 0
 
     def to_record_batch(self) -> pa.RecordBatch:
-        off = pa.array(self.offsets.astype(np.int32))
-        return pa.record_batch(
-            [
-                pa.ListArray.from_arrays(off, pa.array(self.ids)),
-                pa.ListArray.from_arrays(off, pa.array(self.labels)),
-                pa.array(self.source_rows),
-            ],
-            schema=SCHEMA,
-        )
+        return record_batch(self.ids, self.labels, self.offsets, self.source_rows)
 
 
 @dataclass
@@ -183,6 +185,22 @@ def infer_max_len(
     max_target = int(max_len * (target_len / total)) if total else 0
     max_target = max(max_target, reserved)
     return max_len - min(max_target, target_len), max_target
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff: int) -> tuple[int, int]:
+    """(source, target) kept of one pair cut alone to ``cutoff`` (LLaMA-Factory's rule).
+
+    A side shorter than half the cutoff is kept whole and the other side gets the rest; when
+    both are long the target gets its share of the cutoff. Pairs that fit are unchanged.
+    """
+    if 2 * target_len < cutoff:
+        max_target = cutoff
+    elif 2 * source_len < cutoff:
+        max_target = cutoff - source_len
+    else:
+        max_target = int(cutoff * (target_len / (source_len + target_len)))
+    target = min(max_target, target_len)
+    return min(max(cutoff - target, 0), source_len), target
 
 
 def truncate_turns(turn_lengths: list[tuple[int, int]], cutoff: int) -> list[tuple[int, int]]:
@@ -280,6 +298,11 @@ def encode_conversations(
             lens = msg_len[first : first + k].tolist()
             kept = truncate_turns(list(zip(lens[0::2], lens[1::2], strict=True)), cutoff)
             keep_msg[first : first + k] = [x for pair in kept for x in pair]
+    if options.pair_cutoff is not None and n_msg:
+        pairs = keep_msg.reshape(-1, 2)  # messages alternate source, target: one row per turn
+        for p in np.flatnonzero(pairs.sum(axis=1) > options.pair_cutoff).tolist():
+            pairs[p] = infer_seqlen(int(pairs[p, 0]), int(pairs[p, 1]), options.pair_cutoff)
+    changed = np.bincount(m_sample, weights=keep_msg != msg_len, minlength=n) > 0
     # Clip each occurrence to what its message keeps (message prefixes survive truncation).
     msg_base = np.cumsum(msg_len) - msg_len
     starts_excl = np.cumsum(occ_len) - occ_len
@@ -304,7 +327,7 @@ def encode_conversations(
     offsets = np.zeros(len(out_len) + 1, np.int64)
     np.cumsum(out_len, out=offsets[1:])
     rows = np.fromiter((c.row for c in convs), np.int64, n)[keep_sample]
-    truncated = 0 if options.overlong == "drop" else len(over)
+    truncated = int(np.count_nonzero(changed & keep_sample))
     return EncodedBatch(ids, labels, offsets, rows, truncated, n - int(keep_sample.sum()))
 
 
@@ -414,6 +437,22 @@ def tokenizer_fingerprint(tokenizer: Any, template: str) -> str:
     return h.hexdigest()
 
 
+def shard_header(stats: TokenizeStats, tokenizer: Any) -> dict[str, Any]:
+    """What a shard records up front: its inputs, and the tokenizer ids the write step needs."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return {
+        "template": stats.template,
+        "tokenizer_sha256": stats.tokenizer_sha256,
+        "input_sha256": stats.input_sha256,
+        "options": stats.options,
+        "packft_version": stats.packft_version,
+        "pad_id": None if pad is None else int(pad),
+        "eos_id": None if eos is None else int(eos),
+        "vocab_size": len(tokenizer),
+    }
+
+
 def tokenize_file(
     path: Path,
     out_path: Path,
@@ -477,36 +516,27 @@ def tokenize_file(
             st.valid = rejects.valid
             st.rejected = dict(sorted(rejects.counts.items()))
 
-        write_shard(out_path, encoded, stats, finish, progress)
+        write_encoded(out_path, encoded, stats, shard_header(stats, tokenizer), finish, progress)
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def write_shard(
+def write_encoded(
     out_path: Path,
     batches: Iterable[EncodedBatch],
     stats: TokenizeStats,
+    header: dict[str, Any],
     finish: Callable[[TokenizeStats], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> TokenizeStats:
-    """Stream ``batches`` into an Arrow shard at ``out_path`` (temp file, fsync, rename).
+    """Stream encoded batches into a shard (:func:`packft.shards.write_shard`), counting.
 
-    ``stats`` supplies the header (template, tokenizer, input, options) and accumulates the
-    per-batch counts; ``finish`` completes it (e.g. reject counts) before it is stored.
+    ``stats`` accumulates the per-batch counts; ``finish`` completes it (e.g. reject counts)
+    before it is stored in the shard.
     """
-    from packft.atomic import atomic_writer
 
-    header = {
-        "template": stats.template,
-        "tokenizer_sha256": stats.tokenizer_sha256,
-        "input_sha256": stats.input_sha256,
-        "options": stats.options,
-        "packft_version": stats.packft_version,
-    }
-    schema = SCHEMA.with_metadata({HEADER_KEY: json.dumps(header, sort_keys=True)})
-    with atomic_writer(Path(out_path)) as handle, ipc.new_file(handle, schema) as writer:
+    def counted() -> Iterator[pa.RecordBatch]:
         for enc in batches:
-            writer.write_batch(enc.to_record_batch())
             lengths = np.diff(enc.offsets)
             stats.written += len(lengths)
             stats.truncated += enc.truncated
@@ -514,119 +544,14 @@ def write_shard(
             stats.tokens += int(lengths.sum())
             stats.supervised_tokens += int(np.count_nonzero(enc.labels != IGNORE_INDEX))
             stats.max_length = max(stats.max_length, int(lengths.max(initial=0)))
+            yield enc.to_record_batch()
             if progress is not None:
                 progress(len(lengths) + enc.dropped)
+
+    def final() -> dict[str, Any]:
         if finish is not None:
             finish(stats)
-        empty = pa.RecordBatch.from_pylist([], schema=SCHEMA)
-        writer.write_batch(empty, custom_metadata={STATS_KEY: stats.to_json()})
+        return json.loads(stats.to_json())
+
+    write_shard_file(out_path, header, counted(), final)
     return stats
-
-
-# --- reading shards ----------------------------------------------------------------------------
-
-
-class ShardError(ValueError):
-    """A file that is not a packft tokenize shard (or is from an incompatible version)."""
-
-
-class ShardReader:
-    """Memory-mapped view of a shard: sample i's ids and labels are numpy views, no copy.
-
-    ``buffer`` is the whole file as one int32 array; sample i's ids are
-    ``buffer[ids_pos[i] : ids_pos[i] + lengths[i]]`` (labels likewise with ``labels_pos``), so
-    the pack step can gather any samples with one fancy index (:meth:`gather`). Resident
-    memory is 28 bytes per sample for the index arrays plus the pages actually touched.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such tokenize shard; run `packft preprocess`")
-        self._mmap = pa.memory_map(str(self.path))
-        whole = self._mmap.read_buffer()
-        self._mmap.seek(0)
-        try:
-            reader = ipc.open_file(self._mmap)
-        except pa.ArrowInvalid as exc:
-            raise ShardError(f"{self.path} is not an Arrow IPC file: {exc}") from exc
-        meta = reader.schema.metadata or {}
-        if HEADER_KEY not in meta or not reader.schema.remove_metadata().equals(SCHEMA):
-            raise ShardError(f"{self.path} is not a packft tokenize shard (schema {reader.schema})")
-        self.header: dict[str, Any] = json.loads(meta[HEADER_KEY])
-        last = reader.get_batch_with_custom_metadata(reader.num_record_batches - 1)
-        if last.custom_metadata is None or STATS_KEY not in last.custom_metadata:
-            raise ShardError(f"{self.path} has no stats batch (an interrupted or foreign write)")
-        self.stats: dict[str, Any] = json.loads(last.custom_metadata[STATS_KEY])
-        self.buffer = np.frombuffer(whole, np.int32, len(whole) // 4)
-        base = whole.address
-        lengths, ids_pos, labels_pos, rows = [], [], [], []
-        for b in range(reader.num_record_batches - 1):
-            batch = reader.get_batch(b)
-            for col, out in (("input_ids", ids_pos), ("labels", labels_pos)):
-                arr = batch.column(col)
-                start = arr.values.buffers()[1].address + 4 * arr.values.offset - base
-                if start % 4:
-                    raise ShardError(f"{self.path}: misaligned value buffer in batch {b}")
-                out.append(start // 4 + _view(arr.offsets, np.int32)[:-1].astype(np.int64))
-            lengths.append(np.diff(_view(batch.column("input_ids").offsets, np.int32)))
-            rows.append(_view(batch.column("source_row"), np.int64))
-        cat = np.concatenate
-        self.lengths: np.ndarray = cat(lengths) if lengths else np.zeros(0, np.int32)
-        self.ids_pos: np.ndarray = cat(ids_pos) if ids_pos else np.zeros(0, np.int64)
-        self.labels_pos: np.ndarray = cat(labels_pos) if labels_pos else np.zeros(0, np.int64)
-        self.source_rows: np.ndarray = cat(rows) if rows else np.zeros(0, np.int64)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.lengths)
-
-    def close(self) -> None:
-        """Drop the index arrays and the map (views handed out keep their pages alive)."""
-        self.buffer = np.zeros(0, np.int32)
-        self._mmap.close()
-
-    def __enter__(self) -> ShardReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, labels) of sample ``i`` as read-only int32 views into the file."""
-        n = int(self.lengths[i])
-        a, b = int(self.ids_pos[i]), int(self.labels_pos[i])
-        return self.buffer[a : a + n], self.buffer[b : b + n]
-
-    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Concatenated ids and labels of ``indices`` (in that order) and their lengths."""
-        idx = np.asarray(indices, np.int64)
-        lens = self.lengths[idx].astype(np.int64)
-        within = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(
-            np.cumsum(lens) - lens, lens
-        )
-        return (
-            self.buffer[np.repeat(self.ids_pos[idx], lens) + within],
-            self.buffer[np.repeat(self.labels_pos[idx], lens) + within],
-            lens.astype(np.int32),
-        )
-
-
-def _view(array: pa.Array, dtype: type[np.generic]) -> np.ndarray:
-    """Zero-copy numpy view of a null-free fixed-width Arrow array (``to_numpy`` imports pandas)."""
-    return np.frombuffer(
-        array.buffers()[1], dtype, len(array), array.offset * np.dtype(dtype).itemsize
-    )
-
-
-def read_lengths(shard: str | Path) -> np.ndarray:
-    """int32 length of every sample of a shard (reads only the offsets)."""
-    return ShardReader(shard).lengths
-
-
-def read_stats(shard: str | Path) -> dict[str, Any]:
-    """The stats a finished tokenize run stored in ``shard`` (no data is read)."""
-    return ShardReader(shard).stats

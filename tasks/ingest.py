@@ -2,7 +2,8 @@
 
 ``download`` is the only task that touches the network. It is not cached (re-fetching is its
 job; the content-addressed download cache of :mod:`packft.download` makes an unchanged URL cheap)
-and it retries with exponential backoff, but only on transient errors: a checksum mismatch, a
+and it retries with exponential backoff, but only on transient errors (connection errors,
+timeouts, 5xx: ``DownloadError.transient``): an HTTP 4xx such as 404/403, a checksum mismatch, a
 missing local file, a bad spec or an offline Hub lookup fail at once. ``packft.download`` already
 retries within one attempt (resuming with HTTP Range); the task-level retries cover whole-attempt
 failures such as a server that is down for a minute.
@@ -26,8 +27,17 @@ NOT_TRANSIENT = ("ChecksumMismatchError", "HubUnavailableError")
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """Network-ish failures worth another attempt (not checksum, spec or offline errors)."""
-    if exc is None or isinstance(exc, FileNotFoundError | ValueError | PermissionError):
+    """Network-ish failures worth another attempt (not 4xx, checksum, spec or offline errors).
+
+    A :class:`packft.download.DownloadError` says itself (``transient``: the server or network
+    kept failing, versus a 404/403, a checksum mismatch or a bad URL); other errors count as
+    transient only when they are connection errors or timeouts (or other ``OSError``s).
+    """
+    if exc is None:
+        return False
+    if isinstance(getattr(exc, "transient", None), bool):
+        return exc.transient  # type: ignore[attr-defined]
+    if isinstance(exc, FileNotFoundError | ValueError | PermissionError):
         return False
     if type(exc).__name__ in NOT_TRANSIENT:
         return False

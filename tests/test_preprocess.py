@@ -274,3 +274,146 @@ def test_overlong_flag_mapping(tmp_path: Path) -> None:
     assert neat.pack_overlong() == "truncate"
     assert cfg(overlong="drop", neat_pack=True).pack_overlong() == "drop"  # bfd: as asked
     assert cfg(overlong="split").tokenize_budget() is None
+
+
+def test_neat_knapsack_drop_matches_mindspeed_on_overlong_multiturn(
+    tmp_path: Path, sharegpt_system_path: Path, cache: Path, tokenizer
+) -> None:
+    """MindSpeed's --neat-pack: _make_pairs to seq, infer_seqlen(s, t, seq - 1) on each pair
+    alone, eod, then its packer cuts what is still >= seq to seq - 1 and knapsacks."""
+    from test_tokenize import _reference
+
+    from packft.formats import InvalidRecord, to_conversation
+    from packft.templates import get_template
+
+    seq = 48
+    prefix = tmp_path / "sg"
+    args = [a if a != str(SEQ) else str(seq) for a in seed_args(sharegpt_system_path, prefix,
+                                                                   cache, "Sharegpt")]  # fmt: skip
+    extra = ["--neat-pack", "--pack-algorithm", "knapsack", "--overlong", "drop"]
+    assert main([*args, *extra]) == 0
+    side = json.loads(Path(f"{prefix}.packft.json").read_text())
+    assert side["stats"]["rejected_total"] == 0 and side["stats"]["dropped"] == 0
+    convs = []
+    for row, record in enumerate(json.loads(sharegpt_system_path.read_text())):
+        try:
+            convs.append(to_conversation(record, "sharegpt", {}))
+        except InvalidRecord as error:  # pragma: no cover - the file is valid (checked above)
+            raise AssertionError(f"row {row}: {error}") from error
+    tpl = get_template("llama2")
+    samples = [_reference(c, tpl, tokenizer, seq, True, seq - 1) for c in convs]
+    plain = [_reference(c, tpl, tokenizer, seq, True) for c in convs]
+    # the case this test is about: multi-turn samples the per-pair cut changes, some of which
+    # are still longer than a row afterwards (the packer's tail cut then applies)
+    cut = [i for i, (a, b) in enumerate(zip(samples, plain, strict=True)) if a != b]
+    assert any(len(convs[i].messages) > 2 for i in cut)
+    assert any(len(samples[i][0]) >= seq and len(convs[i].messages) > 2 for i in cut)
+    for key, (bin_bytes, idx_bytes) in mindspeed_pack_files(samples, seq, True, 2).items():
+        assert Path(f"{prefix}_packed_{key}_document.idx").read_bytes() == idx_bytes, key
+        assert Path(f"{prefix}_packed_{key}_document.bin").read_bytes() == bin_bytes, key
+
+
+def test_write_takes_tokenizer_ids_from_shards(tmp_path: Path, alpaca_en_path: Path,
+                                               cache: Path) -> None:  # fmt: skip
+    from packft.preprocess import write
+    from packft.shards import TokenShards, read_header, write_shard
+
+    cfg = PreprocessConfig(input=str(alpaca_en_path), tokenizer_name_or_path=str(LLAMA2),
+                           output_prefix=str(tmp_path / "a"), prompt_type="llama2", pack=True,
+                           append_eod=True, seq_length=512, dtype="optimal",
+                           cache_dir=str(cache))  # fmt: skip
+    shard = tokenize_input(fetch_inputs(cfg)[0], cfg)
+    header = read_header(shard)
+    assert (header["pad_id"], header["eos_id"], header["vocab_size"]) == (2, 2, 32000)
+    # no tokenizer at write time: the shard header is enough
+    gone = cfg.model_copy(update={"tokenizer_name_or_path": str(tmp_path / "no-such-tokenizer")})
+    stats = write(gone, [shard], plan(cfg, [shard]))
+    data = read_sft(tmp_path / "a")
+    assert data["input_ids"][0].dtype == np.dtype("<u2") and data["input_ids"][0][-1] == 2
+    assert stats["rows"] == len(data["input_ids"])
+    # a shard from before the header held the ids: write loads the tokenizer (and needs it)
+    old = tmp_path / "old.arrow"
+    with TokenShards([shard]) as shards:
+        from packft.shards import record_batch
+
+        ids, labels = shards.read(0)
+        batch = record_batch(ids, labels, np.array([0, len(ids)]), np.array([0]))
+    legacy = {k: v for k, v in header.items() if k not in ("pad_id", "eos_id", "vocab_size")}
+    write_shard(old, legacy, [batch], lambda: {"samples_in": 1, "valid": 1})
+    old_cfg = cfg.model_copy(update={"output_prefix": str(tmp_path / "o")})
+    write(old_cfg, [old], plan(old_cfg, [old]))
+    assert read_sft(tmp_path / "o")["input_ids"][0][-1] == 2
+    with pytest.raises(OSError):
+        write(gone.model_copy(update={"output_prefix": str(tmp_path / "x")}), [old],
+              plan(old_cfg, [old]))  # fmt: skip
+
+
+def test_shard_cache_key_has_format_version(tmp_path: Path, alpaca_en_path: Path,
+                                            monkeypatch) -> None:  # fmt: skip
+    import packft.preprocess as pre
+
+    cfg = PreprocessConfig(input=str(alpaca_en_path), tokenizer_name_or_path=str(LLAMA2),
+                           output_prefix=str(tmp_path / "a"), prompt_type="llama2")  # fmt: skip
+    now = pre._shard_key(alpaca_en_path, cfg)
+    monkeypatch.setattr(pre, "SHARD_FORMAT", 1)
+    assert pre._shard_key(alpaca_en_path, cfg) != now  # old cached shards are not reused
+    neat = cfg.model_copy(update={"pack": True, "seq_length": 64, "neat_pack": True,
+                                  "overlong": "drop", "pack_algorithm": "knapsack"})  # fmt: skip
+    assert neat.pair_cutoff() == 63
+    assert pre._options(neat).pair_cutoff == 63
+    assert pre._options(neat.model_copy(update={"pack_algorithm": "bfd"})).pair_cutoff is None
+
+
+def test_fetch_inputs_refresh_downloads_again(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/d.jsonl"
+        cfg = PreprocessConfig(input=url, tokenizer_name_or_path=str(LLAMA2),
+                               output_prefix=str(tmp_path / "o"), prompt_type="llama2",
+                               cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        first = fetch_inputs(cfg)[0].read_text()
+        (served / "d.jsonl").write_text('{"instruction": "changed", "output": "b"}\n')
+        assert fetch_inputs(cfg)[0].read_text() == first  # cached copy
+        assert "changed" in fetch_inputs(cfg, refresh=True)[0].read_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_failed_write_keeps_previous_rejects_with_its_sidecar(tmp_path: Path, cache: Path) -> None:
+    from packft.preprocess import write
+
+    def data(name: str, bad: int) -> Path:
+        rows = [{"instruction": "Say hi", "input": "", "output": "Hi"},
+                {"instruction": "Add", "input": "1+1", "output": "2"}]  # fmt: skip
+        rows += [{"instruction": f"no answer {i}"} for i in range(bad)]
+        (tmp_path / name).write_text(json.dumps(rows))
+        return tmp_path / name
+
+    base = dict(tokenizer_name_or_path=str(LLAMA2), output_prefix=str(tmp_path / "o"),
+                prompt_type="llama2", pack=True, seq_length=64, cache_dir=str(cache))  # fmt: skip
+    first = PreprocessConfig(input=str(data("a.json", 1)), **base)
+    preprocess(first)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o")}
+    assert len((tmp_path / "o.rejects.jsonl").read_text().splitlines()) == 1
+    # a new run over other data whose write fails mid-way (its plan names a missing sample)
+    second = PreprocessConfig(input=str(data("b.json", 3)), **base)
+    shard = tokenize_input(fetch_inputs(second)[0], second)
+    bigger = PackPlan.load(plan(first, [tokenize_input(fetch_inputs(first)[0], first)]))
+    bigger.items[:] = 99
+    broken = bigger.save(tmp_path / "broken.npz")
+    with pytest.raises(IndexError):
+        write(second, [shard], broken)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o")}
+    assert after == before  # rejects, sidecar and data of the previous run, together
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

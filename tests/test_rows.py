@@ -11,11 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import pytest
 
 from packft.pack import PackPlan, plan_packing, plan_unpacked
 from packft.rows import TokenShards, plan_path, sidecar_path, write_sft_dataset
+from packft.shards import (
+    SCHEMA,
+    ShardError,
+    ShardReader,
+    read_header,
+    read_stats,
+    tokenizer_ids,
+)
+from packft.shards import write_shard as write_shard_file
 
 KEYS = ("input_ids", "attention_mask", "labels")
 CODES = {1: "u1", 2: "i1", 3: "i2", 4: "i4", 5: "i8", 6: "f8", 7: "f4", 8: "u2"}
@@ -74,27 +82,19 @@ def make_samples(n: int, seed: int, max_len: int = 60) -> list[tuple[list[int], 
 
 
 def write_shard(path: Path, samples, batch: int = 7) -> Path:
-    schema = pa.schema(
-        [
-            ("input_ids", pa.list_(pa.int32())),
-            ("labels", pa.list_(pa.int32())),
-            ("source_row", pa.int64()),
-        ]
-    )
-    with ipc.new_file(str(path), schema) as writer:
-        for at in range(0, len(samples), batch):
-            part = samples[at : at + batch]
-            writer.write_batch(
-                pa.record_batch(
-                    [
-                        pa.array([s[0] for s in part], pa.list_(pa.int32())),
-                        pa.array([s[1] for s in part], pa.list_(pa.int32())),
-                        pa.array(range(at, at + len(part)), pa.int64()),
-                    ],
-                    schema=schema,
-                )
-            )
-    return path
+    """A shard in packft's format (one record batch per ``batch`` samples, then the stats)."""
+    batches = [
+        pa.record_batch(
+            [
+                pa.array([s[0] for s in samples[at : at + batch]], pa.list_(pa.int32())),
+                pa.array([s[1] for s in samples[at : at + batch]], pa.list_(pa.int32())),
+                pa.array(range(at, min(at + batch, len(samples))), pa.int64()),
+            ],
+            schema=SCHEMA,
+        )
+        for at in range(0, len(samples), batch)
+    ]
+    return write_shard_file(path, {"pad_id": 0}, batches, lambda: {"written": len(samples)})
 
 
 @pytest.fixture
@@ -120,6 +120,55 @@ def test_token_shards_read_back_exactly(shards) -> None:
         assert ids.tolist() == samples[i][0] and labels.tolist() == samples[i][1]
     ids, labels = reader.read(90, 5, 3)
     assert ids.tolist() == samples[90][0][5:8]
+    assert reader.lengths.dtype == np.int32
+    assert reader.source_rows.tolist() == list(range(40)) + list(range(51))
+    # the same reader serves one shard, with its header and stats
+    one = ShardReader(reader.paths[1])
+    assert one.num_samples == 51 and one.sample(50)[0].tolist() == samples[90][0]
+    assert one.header == {"pad_id": 0} and one.stats == {"written": 51}
+    assert read_header(reader.paths[0]) == {"pad_id": 0} and read_stats(reader.paths[0]) == {
+        "written": 40
+    }
+    one.close()
+
+
+def test_unfinished_foreign_and_failed_shards(tmp_path: Path) -> None:
+    # header but no trailing stats batch: what a killed writer without the rename would leave
+    half = tmp_path / "half.arrow"
+    schema = SCHEMA.with_metadata({b"packft.header": b"{}"})
+    with pa.ipc.new_file(str(half), schema) as w:
+        w.write_batch(pa.RecordBatch.from_pylist([], schema=SCHEMA))
+    with pytest.raises(ShardError, match="no stats batch"):
+        TokenShards([half])
+    with pytest.raises(ShardError, match="not an Arrow IPC file"):
+        TokenShards([_text(tmp_path / "x.arrow")])
+    with pytest.raises(FileNotFoundError, match="packft preprocess"):
+        ShardReader(tmp_path / "missing.arrow")
+
+    def boom():
+        yield from ()
+        raise RuntimeError("tokenizer died")
+
+    with pytest.raises(RuntimeError, match="tokenizer died"):
+        write_shard_file(tmp_path / "out" / "s.arrow", {}, boom(), dict)
+    assert list((tmp_path / "out").iterdir()) == []  # no shard, no temporary file
+
+
+def _text(path: Path) -> Path:
+    path.write_text("not arrow")
+    return path
+
+
+def test_tokenizer_ids_from_headers(tmp_path: Path) -> None:
+    ids = {"pad_id": 0, "eos_id": 2, "vocab_size": 32000}
+    a = write_shard_file(tmp_path / "a.arrow", ids, [], dict)
+    b = write_shard_file(tmp_path / "b.arrow", ids, [], dict)
+    assert tokenizer_ids([a, b]) == ids
+    old = write_shard_file(tmp_path / "old.arrow", {"template": "llama2"}, [], dict)
+    assert tokenizer_ids([a, old]) is None  # an old shard: the caller loads the tokenizer
+    other = write_shard_file(tmp_path / "c.arrow", {**ids, "pad_id": 7}, [], dict)
+    with pytest.raises(ShardError, match="one tokenizer"):
+        tokenizer_ids([a, other])
 
 
 @pytest.mark.parametrize("neat", [False, True])

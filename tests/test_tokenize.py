@@ -21,6 +21,8 @@ from packft.tokenize import (
     ShardReader,
     TokenizeOptions,
     encode_conversations,
+    infer_seqlen,
+    read_header,
     read_lengths,
     read_stats,
     tokenize_batches,
@@ -126,8 +128,31 @@ def test_samples_that_fit_are_untouched_and_drop_mode_counts():
     assert _sample(b, 0)[0] == [1, 518, 25580, 29962, 7251, 518, 29914, 25580, 29962, 3431, 2]
 
 
-def _reference(conv, template, tok, cutoff, append_eod):
-    """Straight transcription of MindSpeed: encode each piece alone, _make_pairs turn by turn."""
+def test_infer_seqlen_hand_computed():
+    # short target (2*3 < 10): the target stays whole, the source gets the rest
+    assert infer_seqlen(20, 3, 10) == (7, 3)
+    # short source (2*4 < 10): the target gets the rest
+    assert infer_seqlen(4, 20, 10) == (4, 6)
+    # both long: the target keeps its share int(10 * 12/20) = 6, the source the rest
+    assert infer_seqlen(8, 12, 10) == (4, 6)
+    assert infer_seqlen(3, 4, 10) == (3, 4)  # fits: unchanged
+
+
+def test_pair_cutoff_cuts_each_turn_alone():
+    # TWO_TURNS: turn 1 is (31, 3), turn 2 (14, 3). Pair cutoff 20 cuts turn 1 to (17, 3) since
+    # 2*3 < 20, and leaves turn 2 (17 tokens) whole: the sample is 37 > 20 tokens.
+    b = _encode([TWO_TURNS], 4096, pair_cutoff=20)
+    ids, labels = _sample(b, 0)
+    turn2 = [1, 518, 25580, 29962, 1126, 29871, 29941, 29974, 29941, 29973, 518, 29914, 25580]
+    turn2 += [29962]
+    assert ids == T1_SRC[:17] + T1_TGT + turn2 + [29871, 29953, 2]
+    assert labels == [X] * 17 + T1_TGT + [X] * 14 + [29871, 29953, 2]
+    assert b.truncated == 1
+
+
+def _reference(conv, template, tok, cutoff, append_eod, pair_cutoff=None):
+    """Straight transcription of MindSpeed: encode each piece alone, _make_pairs turn by turn,
+    then (--neat-pack) LLaMA-Factory's infer_seqlen on each pair alone."""
     ids, labels, total = [], [], 0
     for turn in template.render(conv, tok):
         src, tgt = (
@@ -146,6 +171,16 @@ def _reference(conv, template, tok, cutoff, append_eod):
         max_s = budget - min(max_t, t)
         src, tgt = src[:max_s], tgt[:max_t]
         total += len(src) + len(tgt)
+        if pair_cutoff is not None:
+            s, t = len(src), len(tgt)
+            if t * 2 < pair_cutoff:
+                max_t = pair_cutoff
+            elif s * 2 < pair_cutoff:
+                max_t = pair_cutoff - s
+            else:
+                max_t = int(pair_cutoff * (t / (s + t)))
+            t = min(max_t, t)
+            src, tgt = src[: min(max(pair_cutoff - t, 0), s)], tgt[:t]
         ids += src + tgt
         labels += [X] * len(src) + tgt
     if append_eod:
@@ -167,9 +202,10 @@ TEXT = st.lists(WORDS, min_size=1, max_size=12).map("".join)
     template=st.sampled_from(["llama2", "qwen", "alpaca"]),
     cutoff=st.integers(2, 80),
     append_eod=st.booleans(),
+    pair_cutoff=st.one_of(st.none(), st.integers(1, 40)),
 )
 def test_batch_assembly_equals_per_sample_reference(
-    convs, template, cutoff, append_eod, llama2_tokenizer_dir, qwen_tokenizer_dir
+    convs, template, cutoff, append_eod, pair_cutoff, llama2_tokenizer_dir, qwen_tokenizer_dir
 ):
     tok_dir = qwen_tokenizer_dir if template == "qwen" else llama2_tokenizer_dir
     tok = _tok(str(tok_dir), template)
@@ -178,10 +214,14 @@ def test_batch_assembly_equals_per_sample_reference(
         _conv(*texts[: len(texts) // 2 * 2], system=system, row=i)
         for i, (texts, system) in enumerate(convs)
     ]
-    opts = TokenizeOptions(seq_length=cutoff, append_eod=append_eod)
+    opts = TokenizeOptions(seq_length=cutoff, append_eod=append_eod, pair_cutoff=pair_cutoff)
     b = encode_conversations(batch, tpl, tok, opts)
+    changed = 0
     for i, conv in enumerate(batch):
-        assert _sample(b, i) == _reference(conv, tpl, tok, cutoff, append_eod)
+        want = _reference(conv, tpl, tok, cutoff, append_eod, pair_cutoff)
+        assert _sample(b, i) == want
+        changed += want != _reference(conv, tpl, tok, 10**9, append_eod)
+    assert b.truncated == changed
 
 
 # --- files, workers, streaming, shard format ----------------------------------------------------
@@ -241,7 +281,7 @@ def test_hf_template_workers_byte_identical(tmp_path, sharegpt_toolcall_path, qw
     assert ShardReader(out[1]).num_samples == 300
 
 
-def test_shard_reader_views_gather_and_stats(tmp_path, alpaca_zh_path, llama2_tokenizer_dir):
+def test_shard_reader_samples_header_and_stats(tmp_path, alpaca_zh_path, llama2_tokenizer_dir):
     shard = tmp_path / "zh.arrow"
     stats = tokenize_file(
         alpaca_zh_path,
@@ -258,12 +298,7 @@ def test_shard_reader_views_gather_and_stats(tmp_path, alpaca_zh_path, llama2_to
     ids0, labels0 = r.sample(3)
     assert ids0.tolist() == table["input_ids"][3].as_py()
     assert labels0.tolist() == table["labels"][3].as_py()
-    assert np.shares_memory(ids0, r.buffer) and not ids0.flags.writeable  # a view, no copy
-    idx = np.array([10, 0, 999, 10])
-    ids, labels, lens = r.gather(idx)
-    assert ids.tolist() == sum((table["input_ids"][int(i)].as_py() for i in idx), [])
-    assert labels.tolist() == sum((table["labels"][int(i)].as_py() for i in idx), [])
-    assert lens.tolist() == [len(table["input_ids"][int(i)]) for i in idx]
+    assert r.source_rows.tolist() == table["source_row"].to_pylist()
     saved = read_stats(shard)
     assert saved["tokens"] == int(r.lengths.sum()) == stats.tokens
     assert saved["supervised_tokens"] == int(
@@ -271,6 +306,10 @@ def test_shard_reader_views_gather_and_stats(tmp_path, alpaca_zh_path, llama2_to
     )
     assert saved["truncated"] == stats.truncated > 0  # some zh samples exceed 300 tokens
     assert r.header["template"] == "llama2" and r.header["options"]["seq_length"] == 300
+    # the write step pads and sizes input_ids from these, without loading the tokenizer
+    tok = _tok(str(llama2_tokenizer_dir), "llama2")
+    assert (r.header["pad_id"], r.header["eos_id"], r.header["vocab_size"]) == (2, 2, len(tok))
+    assert read_header(shard) == r.header
 
 
 def test_streaming_reads_ahead_at_most_one_batch(llama2_tokenizer_dir):

@@ -212,14 +212,17 @@ def test_download_retries_then_refetches(
 
 
 def test_retry_policy_classifies_errors() -> None:
-    from packft.download import ChecksumMismatchError, DownloadError
+    from packft.download import ChecksumMismatchError, DownloadError, HubUnavailableError
     from packft.rejects import InvalidRecordError
     from tasks.ingest import is_transient
 
-    assert is_transient(DownloadError("giving up after 6 failed attempts"))
+    # what packft.download raises after its in-call retries ran out on 5xx/timeouts/resets
+    assert is_transient(DownloadError("giving up after 6 failed attempts", transient=True))
     assert is_transient(ConnectionResetError())
     assert is_transient(TimeoutError())
+    assert not is_transient(DownloadError("http://x/a.json: HTTP 404 Not Found (check the URL)"))
     assert not is_transient(ChecksumMismatchError("sha256 mismatch"))
+    assert not is_transient(HubUnavailableError("cannot fetch hf://datasets/a/b"))
     assert not is_transient(FileNotFoundError("missing.json"))
     assert not is_transient(
         InvalidRecordError("a.json:3: empty_answer", "a.json", 3, "empty_answer", "")
@@ -227,13 +230,15 @@ def test_retry_policy_classifies_errors() -> None:
     assert not is_transient(None)
 
 
-class GoneOnceHandler(FlakyHandler):
-    """404 on the first GET (packft.download gives up at once on a 4xx), then the file."""
+class StatusOnceHandler(FlakyHandler):
+    """Answers ``status`` to the first ``failures`` GETs, then serves the file."""
+
+    status = 404
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         type(self).seen += 1
-        if type(self).seen == 1:
-            self.send_response(404)
+        if type(self).seen <= type(self).failures:
+            self.send_response(type(self).status)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -243,32 +248,66 @@ class GoneOnceHandler(FlakyHandler):
         self.wfile.write(self.payload)
 
 
-def test_download_task_level_retry(
-    prefect_api: None, small_inputs: list[Path], tmp_path: Path
-) -> None:
+def _download_once(url: str, cache: Path) -> tuple[Any, BaseException | None, int]:
+    """Run the download task (no retry delay) in a flow: (result, error, task run count)."""
     from prefect import flow
     from prefect.client.orchestration import get_client
 
     from tasks.ingest import download
 
-    GoneOnceHandler.payload = small_inputs[0].read_bytes()
-    GoneOnceHandler.seen = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GoneOnceHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/part0.json"
-
     @flow
     def fetch_once() -> Any:
         fast = download.with_options(retry_delay_seconds=0)  # same retries and retry condition
-        return fast(url, tmp_path / "cache", return_state=True)
+        state = fast(url, cache, return_state=True)
+        try:  # unwrap here: a failed state returned by the flow would fail the flow itself
+            return state.result(), None, state.state_details.task_run_id
+        except Exception as error:
+            return None, error, state.state_details.task_run_id
 
+    result, error, task_run_id = fetch_once()
+    with get_client(sync_client=True) as client:
+        run = client.read_task_run(task_run_id)
+    return result, error, run.run_count
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_download_does_not_retry_client_errors(
+    prefect_api: None, small_inputs: list[Path], tmp_path: Path, status: int
+) -> None:
+    StatusOnceHandler.payload = small_inputs[0].read_bytes()
+    StatusOnceHandler.status, StatusOnceHandler.failures, StatusOnceHandler.seen = status, 1, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StatusOnceHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/part0.json"
     try:
-        state = fetch_once()
+        result, error, run_count = _download_once(url, tmp_path / "cache")
     finally:
         server.shutdown()
         server.server_close()
-    (ref,) = state.result()
-    assert ref.path.read_bytes() == GoneOnceHandler.payload and ref.source == url
-    with get_client(sync_client=True) as client:
-        run = client.read_task_run(state.state_details.task_run_id)
-    assert run.run_count == 2 and GoneOnceHandler.seen == 2
+    assert result is None and f"HTTP {status}" in str(error)
+    assert run_count == 1 and StatusOnceHandler.seen == 1
+
+
+def test_download_task_level_retry_on_server_errors(
+    prefect_api: None, small_inputs: list[Path], tmp_path: Path, monkeypatch
+) -> None:
+    """503s that outlast packft.download's own retries fail the attempt; the task retries."""
+    from packft.download import fetch_url
+
+    # one in-call retry without backoff, so the first task attempt gives up after 2 GETs
+    monkeypatch.setitem(fetch_url.__kwdefaults__, "retries", 1)
+    monkeypatch.setitem(fetch_url.__kwdefaults__, "backoff", 0.0)
+    StatusOnceHandler.payload = small_inputs[0].read_bytes()
+    StatusOnceHandler.status, StatusOnceHandler.failures, StatusOnceHandler.seen = 503, 2, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StatusOnceHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/part0.json"
+    try:
+        result, error, run_count = _download_once(url, tmp_path / "cache")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert error is None
+    (ref,) = result
+    assert ref.path.read_bytes() == StatusOnceHandler.payload and ref.source == url
+    assert run_count == 2 and StatusOnceHandler.seen == 3
