@@ -25,7 +25,8 @@ Memory: tokens are fetched per piece with ``os.pread`` through :class:`packft.sh
 (why not a map: see :mod:`packft.shards`), so peak RSS is a few row buffers plus O(samples)
 small index arrays, flat in dataset size. Crash semantics: every data file is written
 under a temporary name, fsynced, and only then renamed; the old sidecar is removed before the
-renames and the new one is written after them, so a dataset whose ``P.packft.json`` exists is
+renames and the new one is written after them (the caller's ``extra_files``, e.g. the rejects
+file, are renamed with the data files), so a dataset whose ``P.packft.json`` exists is
 complete and consistent. A crash in the (microsecond) rename window can leave a mix of old and
 new data files without a sidecar; ``packft inspect`` reports that state. A killed run leaves
 hidden ``.{name}.tmp-{pid}`` files next to the dataset (outside MindSpeed's glob), which later
