@@ -80,6 +80,7 @@ def fetch_inputs(cfg: PackDatasetConfig) -> tuple[list[tuple[FileRef, Any]], lis
             source.input,
             cfg.run.work_path / "downloads",
             refresh=cfg.run.refresh_sources,
+            sha256=source.input_sha256,
             return_state=True,
         )
         states.append(_state(state))

@@ -81,6 +81,7 @@ class InputSource(BaseModel):
     input: str = Field(description="file, directory, http(s) URL or hf://datasets/OWNER/NAME")
     handler_name: str | None = Field(None, description="format (default: preprocess's)")
     map_keys: dict[str, Any] | None = Field(None, description="column renames for this source")
+    input_sha256: str | None = Field(None, description="expected sha256 of a downloaded file")
 
 
 class PackDatasetConfig(BaseModel):
@@ -98,6 +99,7 @@ class PackDatasetConfig(BaseModel):
                     "input": s.input,
                     "handler_name": s.handler_name or self.preprocess.handler_name,
                     "map_keys": s.map_keys,
+                    "input_sha256": s.input_sha256,
                 }
             )
             for s in self.more_inputs

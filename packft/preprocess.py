@@ -99,6 +99,9 @@ class PreprocessConfig(BaseModel):
     log_interval: int = Field(100, description="accepted for MindSpeed compatibility")
     overwrite_cache: bool = Field(False, description="re-tokenize even if a cached shard exists")
     cache_dir: str = Field(DEFAULT_CACHE, description="tokenized shards and downloads")
+    input_sha256: str | None = Field(
+        None, description="expected sha256 of a downloaded --input file (mismatch: clear error)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PreprocessConfig:
@@ -248,7 +251,9 @@ def fetch_inputs(cfg: PreprocessConfig, refresh: bool = False) -> list[Path]:
     downloads remote inputs again instead of reusing the cached copy)."""
     from packft.sources import resolve_input
 
-    return resolve_input(cfg.input, cfg.cache_path / "downloads", refresh=refresh)
+    return resolve_input(
+        cfg.input, cfg.cache_path / "downloads", sha256=cfg.input_sha256, refresh=refresh
+    )
 
 
 def validate_input(path: Path, cfg: PreprocessConfig, rejects_path: Path | None = None) -> Any:

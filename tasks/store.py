@@ -105,7 +105,7 @@ def new_version_dir(root: Path, fingerprint: str) -> tuple[Path, Path]:
 
 
 def shard_sample_digests(shards: list[Path]) -> np.ndarray:
-    """Sorted digests of every sample of the tokenized shards (memory-mapped, no copies)."""
+    """Sorted digests of every sample of the tokenized shards (read sample by sample)."""
     from packft.tokenize import ShardReader
 
     parts = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -385,6 +386,13 @@ def test_fetch_inputs_refresh_downloads_again(tmp_path: Path) -> None:
         (served / "d.jsonl").write_text('{"instruction": "changed", "output": "b"}\n')
         assert fetch_inputs(cfg)[0].read_text() == first  # cached copy
         assert "changed" in fetch_inputs(cfg, refresh=True)[0].read_text()
+        # --input-sha256: the right digest passes, a wrong one is a clear error
+        good = hashlib.sha256((served / "d.jsonl").read_bytes()).hexdigest()
+        fresh = cfg.model_copy(update={"input_sha256": good, "cache_dir": str(tmp_path / "c2")})
+        assert "changed" in fetch_inputs(fresh)[0].read_text()
+        bad = cfg.model_copy(update={"input_sha256": "0" * 64, "cache_dir": str(tmp_path / "c3")})
+        with pytest.raises(Exception, match="(?i)sha256|checksum"):
+            fetch_inputs(bad)
     finally:
         server.shutdown()
         server.server_close()
