@@ -90,13 +90,20 @@ def add_model_arguments(
 
 
 def format_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
-    lines = [f"{error.error_count()} problem(s) in the {model.__name__}:"]
+    """One readable message: each field problem with its flag; a model-level check (which
+    already lists its own problems) verbatim."""
+    lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(config)"
+        message = item["msg"].removeprefix("Value error, ")
         names = [part for part in item["loc"] if isinstance(part, str)]
-        flag = flag_name(names[-1]) if names else ""
-        lines.append(f"  - {where} ({flag}): {item['msg']}")
-    return "\n".join(lines)
+        if not names:
+            lines.append(message)
+            continue
+        where = ".".join(str(part) for part in item["loc"])
+        lines.append(f"  - {where} ({flag_name(names[-1])}): {message}")
+    if len(lines) == 1 and not lines[0].startswith("  - "):
+        return f"{model.__name__}: {lines[0]}"
+    return "\n".join([f"{error.error_count()} problem(s) in the {model.__name__}:", *lines])
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:
