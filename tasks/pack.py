@@ -2,7 +2,7 @@
 
 ``pack`` wraps :func:`packft.preprocess.plan` (lengths of all shards -> one global plan) and keeps
 the plan at ``work_dir/plans/<digest>.npz``. ``write`` wraps :func:`packft.preprocess.write`
-into a fresh version directory (see :mod:`tasks.store`), then adds the per-sample digests used for
+into a fresh version directory (see :mod:`packft.store`), then adds the per-sample digests used for
 nightly diffs (``preprocess.write`` itself gathers every shard's rejects into
 ``{name}.rejects.jsonl``). Both are cached on content: shards are named by the
 digest of what produced them, so "same shard names + same options" means "same bytes".
@@ -17,9 +17,8 @@ from typing import Any
 
 from prefect import task
 
-from packft import __version__
+from packft import __version__, store
 from packft.atomic import atomic_write_bytes, atomic_writer
-from tasks import store
 from tasks.caching import FileRef, content_cache, digest_json
 
 PACK_FIELDS = ("pack", "seq_length", "pack_algorithm", "pack_seed", "mix", "overlong", "neat_pack")

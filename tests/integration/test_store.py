@@ -1,4 +1,4 @@
-"""tasks.store and tasks.caching without Prefect: versions, atomic latest, pruning, diffs, keys."""
+"""packft.store and tasks.caching without Prefect: versions, atomic latest, pruning, diffs, keys."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import store
+from packft import store
 from tasks.caching import FileRef, content_key, digest_json, tree_sha256
 
 
