@@ -37,7 +37,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,32 +326,25 @@ def _read_json(path: Path, batch_size: int) -> Iterator[RecordBatch]:
     if _first_char(path) != "[":
         yield from _read_json_lines(path, batch_size)
         return
+    yield from _batched(path, _iter_json_list(path), batch_size)
+
+
+def _read_txt(path: Path, batch_size: int) -> Iterator[RecordBatch]:
+    with _text_stream(path) as handle:
+        lines = ({"text": line.removesuffix("\n").removesuffix("\r")} for line in handle)
+        yield from _batched(path, lines, batch_size)
+
+
+def _batched(path: Path, values: Iterable[Any], batch_size: int) -> Iterator[RecordBatch]:
+    """Group a stream of row values into RecordBatches of ``batch_size`` rows."""
     rows: list[Any] = []
     start = 0
-    for value in _iter_json_list(path):
+    for value in values:
         rows.append(value)
         if len(rows) == batch_size:
             yield RecordBatch(str(path), start, rows)
             start += len(rows)
             rows = []
-    if rows:
-        yield RecordBatch(str(path), start, rows)
-
-
-def _read_txt(path: Path, batch_size: int) -> Iterator[RecordBatch]:
-    rows: list[Any] = []
-    start = 0
-    with _text_stream(path) as handle:
-        for line in handle:
-            if line.endswith("\n"):
-                line = line[:-1]
-            if line.endswith("\r"):
-                line = line[:-1]
-            rows.append({"text": line})
-            if len(rows) == batch_size:
-                yield RecordBatch(str(path), start, rows)
-                start += len(rows)
-                rows = []
     if rows:
         yield RecordBatch(str(path), start, rows)
 
