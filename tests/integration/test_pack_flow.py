@@ -6,10 +6,12 @@ cache claims are checked against what Prefect recorded.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +193,8 @@ def test_download_retries_then_refetches(
 
     FlakyHandler.payload = small_inputs[0].read_bytes()
     FlakyHandler.seen = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/data/part0.json"
-        cfg = pack_config(url, tmp_path)
+    with serving(FlakyHandler) as base:
+        cfg = pack_config(f"{base}/data/part0.json", tmp_path)
         first = pack_dataset(config=cfg)
         assert FlakyHandler.seen == 3  # two 503s, then the file
         assert first["states"]["download"] == ["Completed"] and first["stats"]["valid"] == 60
@@ -206,9 +204,6 @@ def test_download_retries_then_refetches(
         second = pack_dataset(config=nightly)
         assert FlakyHandler.seen == 4  # re-fetched, same bytes
         assert not second["changed"] and second["states"]["tokenize"] == ["Cached"]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_retry_policy_classifies_errors() -> None:
@@ -270,20 +265,26 @@ def _download_once(url: str, cache: Path) -> tuple[Any, BaseException | None, in
     return result, error, run.run_count
 
 
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 for the block; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("status", [404, 403])
 def test_download_does_not_retry_client_errors(
     prefect_api: None, small_inputs: list[Path], tmp_path: Path, status: int
 ) -> None:
     StatusOnceHandler.payload = small_inputs[0].read_bytes()
     StatusOnceHandler.status, StatusOnceHandler.failures, StatusOnceHandler.seen = status, 1, 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StatusOnceHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/part0.json"
-    try:
-        result, error, run_count = _download_once(url, tmp_path / "cache")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(StatusOnceHandler) as base:
+        result, error, run_count = _download_once(f"{base}/part0.json", tmp_path / "cache")
     assert result is None and f"HTTP {status}" in str(error)
     assert run_count == 1 and StatusOnceHandler.seen == 1
 
@@ -299,14 +300,9 @@ def test_download_task_level_retry_on_server_errors(
     monkeypatch.setitem(fetch_url.__kwdefaults__, "backoff", 0.0)
     StatusOnceHandler.payload = small_inputs[0].read_bytes()
     StatusOnceHandler.status, StatusOnceHandler.failures, StatusOnceHandler.seen = 503, 2, 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StatusOnceHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/part0.json"
-    try:
+    with serving(StatusOnceHandler) as base:
+        url = f"{base}/part0.json"
         result, error, run_count = _download_once(url, tmp_path / "cache")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert error is None
     (ref,) = result
     assert ref.path.read_bytes() == StatusOnceHandler.payload and ref.source == url
