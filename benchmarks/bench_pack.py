@@ -1,7 +1,7 @@
 """Planner speed and tightness on Alpaca-like lengths; prints one JSON object.
 
 Lengths are drawn (seeded, with replacement) from the real Alpaca demo file's lengths under the
-llama2 template with the shared Llama-2 tokenizer (mean ~175 tokens), seq_length 4096 (capacity
+llama2 template with the Llama-2 tokenizer (tests/assets) (mean ~175 tokens), seq_length 4096 (capacity
 4095). For 1M and 10M lengths it reports seconds, rows, the lower bound ceil(tokens/capacity) and
 efficiency (tokens / (rows * seq_length)) for bfd (default), ffd, knapsack and sequential, plus a
 pure-Python greedy knapsack (MindSpeed-LLM's algorithm: sorted list, bisect, pop) on 1M in the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(os.environ.get("PACKFT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"  # see its MANIFEST.md
 SEQ_LENGTH = 4096
 
 
@@ -35,8 +35,8 @@ def alpaca_lengths() -> np.ndarray:
     """Token counts of the real Alpaca demo records under the llama2 template."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(SHARED / "assets/llama2-tokenizer/tokenizer.json"))
-    records = json.loads((SHARED / "assets/alpaca/llamafactory_alpaca_en_demo.json").read_text())
+    tok = Tokenizer.from_file(str(ASSETS / "llama2-tokenizer/tokenizer.json"))
+    records = json.loads((ASSETS / "alpaca/llamafactory_alpaca_en_demo.json").read_text())
     texts = []
     for r in records:
         user = r["instruction"] + ("\n" + r["input"] if r.get("input") else "")

@@ -1,6 +1,6 @@
 """End-to-end `packft preprocess` (the seed's command) vs a tokenizer floor; prints JSON.
 
-Input: the shared Alpaca demo records repeated to N records (a JSON list, like the original
+Input: the Alpaca demo records of tests/assets repeated to N records (a JSON list, like the original
 file). For each run the seed's command line (llama2 template, ``--pack --append-eod
 --seq-length 4096``, ``--overwrite-cache``, a fresh cache dir) runs in a fresh process; we
 measure wall seconds and peak RSS (the main process's ``ru_maxrss`` and the sampled sum over its
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psutil
 
-SHARED = Path(os.environ.get("PACKFT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-ALPACA = SHARED / "assets/alpaca/llamafactory_alpaca_en_demo.json"
-TOKENIZER = SHARED / "assets/llama2-tokenizer"
+ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"  # see its MANIFEST.md
+ALPACA = ASSETS / "alpaca/llamafactory_alpaca_en_demo.json"
+TOKENIZER = ASSETS / "llama2-tokenizer"
 PACKFT = Path(sys.executable).with_name("packft")
 
 

@@ -1,6 +1,6 @@
 """Tokenize throughput: packft's tokenize step against a plain batched fast-tokenizer encode.
 
-Builds two JSON-lines inputs from the shared assets, each repeated to ``--samples`` records:
+Builds two JSON-lines inputs from tests/assets, each repeated to ``--samples`` records:
 ``alpaca`` (the en + zh Alpaca demos) and ``sharegpt`` (the glaive tool-call and FastChat
 files); the k-th repeat of a record gets " (k)" appended to its first user text, so repeats are
 distinct strings (the tokenize step dedupes identical pieces within a batch, which would
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+ASSETS = ROOT / "tests" / "assets"  # see its MANIFEST.md
 TOKENIZER = ASSETS / "llama2-tokenizer"
 DATASETS = {
     "alpaca": (

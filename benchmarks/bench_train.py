@@ -36,7 +36,7 @@ from packft import device as devices  # noqa: E402
 from packft.attention import ATTN_IMPLEMENTATION, packed_model_kwargs  # noqa: E402
 from packft.data import IGNORE_INDEX, collate, loss_sum  # noqa: E402
 
-SHARED = Path(os.environ.get("PACKFT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"  # see its MANIFEST.md
 SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2),
@@ -47,10 +47,8 @@ SIZES = {
 
 def alpaca_samples(seq_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Real Alpaca samples: [INST] prompt [/INST] answer </s>, prompt labels masked."""
-    tok = AutoTokenizer.from_pretrained(SHARED / "assets" / "llama2-tokenizer")
-    records = json.loads(
-        (SHARED / "assets" / "alpaca" / "llamafactory_alpaca_en_demo.json").read_text()
-    )
+    tok = AutoTokenizer.from_pretrained(ASSETS / "llama2-tokenizer")
+    records = json.loads((ASSETS / "alpaca" / "llamafactory_alpaca_en_demo.json").read_text())
     out = []
     for rec in records:
         prompt = rec["instruction"] + ("\n" + rec["input"] if rec["input"] else "")

@@ -13,6 +13,7 @@ import sys
 
 from packft import __version__
 from packft.config import ConfigError
+from packft.errors import PackftError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("packft.preprocess", "tokenize, pack and write MindSpeed/Megatron SFT datasets"),
@@ -47,18 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        # Bad input: say what is wrong without a traceback (PACKFT_DEBUG=1 shows it).
-        if os.environ.get("PACKFT_DEBUG"):
-            raise
-        print(f"packft {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - the user sees one line; PACKFT_DEBUG=1 the traceback
+        if os.environ.get("PACKFT_DEBUG"):
+            raise
+        return report_error(args.command, error)
+
+
+def report_error(command: str, error: Exception) -> int:
+    """Print ``packft COMMAND: error: ...`` (one line; a config lists its problems) -> exit code."""
+    from packft.errors import exit_code, one_line
+
+    known = isinstance(error, PackftError | ConfigError | ValueError | OSError | LookupError)
+    text = str(error).rstrip() if isinstance(error, ConfigError) else one_line(error)
+    if not known:  # a bug, not a user error: still one line, with the way to the traceback
+        text = f"internal error {type(error).__name__}: {text} (PACKFT_DEBUG=1 shows the traceback)"
+    print(f"packft {command}: error: {text}", file=sys.stderr)
+    return exit_code(error)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,32 @@
-"""Shared fixtures: the real public assets in ../shared (present in dev and CI, read-only)."""
+"""Shared fixtures: the real public assets committed in tests/assets (see its MANIFEST.md)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("PACKFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
+ASSETS_DIR = REPO_ROOT / "tests" / "assets"
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} is missing: the tests read the shared assets from ../shared next to the "
-            "checkout (or set PACKFT_SHARED_DIR)."
+            f"{path} is missing: the test assets are committed under tests/assets "
+            "(see tests/assets/MANIFEST.md); is the checkout complete?"
         )
     return path
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return _require(SHARED_DIR)
+def assets_dir() -> Path:
+    return _require(ASSETS_DIR)
 
 
 @pytest.fixture(scope="session")
-def assets_dir(shared_dir: Path) -> Path:
-    return _require(shared_dir / "assets")
-
-
-@pytest.fixture(scope="session")
-def reference_dir(shared_dir: Path) -> Path:
-    return _require(shared_dir / "reference")
+def reference_dir(assets_dir: Path) -> Path:
+    return _require(assets_dir / "reference")
 
 
 @pytest.fixture(scope="session")

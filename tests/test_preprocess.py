@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from collections import Counter
 from pathlib import Path
@@ -43,8 +42,9 @@ def seed_args(input_path: Path, prefix: Path, cache: Path, handler: str = "Alpac
     ]  # fmt: skip
 
 
-SHARED = Path(os.environ.get("PACKFT_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-LLAMA2 = SHARED / "assets" / "llama2-tokenizer"  # the same directory as the llama2 fixture
+LLAMA2 = (
+    Path(__file__).resolve().parent / "assets" / "llama2-tokenizer"
+)  # the same directory as the llama2 fixture
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("PACKFT_SHARED_DIR", REPO.parent / "shared"))
+ASSETS = REPO / "tests" / "assets"
 BIN = Path(sys.executable).parent
 
 
@@ -63,9 +62,7 @@ def pack_config(inputs: Path | str, tmp_path: Path, **preprocess: Any) -> Any:
         overrides={
             "preprocess": {
                 "input": str(inputs),
-                "tokenizer_name_or_path": str(
-                    Path(__file__).parents[3] / "shared/assets/llama2-tokenizer"
-                ),
+                "tokenizer_name_or_path": str(ASSETS / "llama2-tokenizer"),
                 "output_prefix": str(tmp_path / "out" / "alpaca"),
                 "handler_name": "AlpacaStyleInstructionHandler",
                 "prompt_type": "llama2",
