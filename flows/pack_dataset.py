@@ -5,6 +5,12 @@ finishes from the cache, a changed input re-tokenizes only that file, and a fail
 resumes from its cached tasks. ``write`` produces a new version directory only when the dataset
 fingerprint changed; ``publish`` then moves ``latest`` atomically and the diff goes to MLflow.
 
+Publish gate: when the new version drops more than ``run.max_removed_fraction`` of ``latest``'s
+samples or loses more than ``run.max_efficiency_drop`` of efficiency, ``latest`` stays where it is,
+the diff goes to MLflow (``publish`` stage, tag ``packft.publish=refused``) and to a Prefect
+artifact (``pack-dataset-publish-refused``), and the run ends Failed. The new version stays on disk,
+unpublished; ``run.force_publish=true`` on a re-run publishes it (tokenize/pack/write Cached).
+
 Run it: ``python -m flows.pack_dataset deployments/pack-dataset-manual.yaml [packft preprocess
 flags]`` (ephemeral Prefect, MLflow in ``.packft/mlflow.db``), or through ``prefect.yaml``.
 
@@ -25,6 +31,7 @@ from prefect import flow
 from flows import reporting
 from flows.runners import make_task_runner
 from packft.pipeline_config import PackDatasetConfig, load_flow_config
+from packft.publish_gate import PublishRefused
 from tasks.caching import FileRef
 from tasks.ingest import download, validate, validate_settings
 from tasks.pack import (
@@ -140,6 +147,17 @@ def write_version(plan: Any, shards: list, jobs: list, tokenizer: TokenizerRef,
     )
 
 
+def publish_version(dataset: dict[str, Any], tracker: Any, cfg: PackDatasetConfig) -> dict:
+    """``publish`` behind the gate; a refusal is reported (MLflow, artifact), then re-raised."""
+    run = cfg.run
+    try:
+        return publish(cfg.output_root, dataset["version"], run.keep_previous,
+                       run.publish_gate(), run.force_publish)  # fmt: skip
+    except PublishRefused as refused:
+        reporting.report_refused_publish(tracker, refused, dataset)
+        raise
+
+
 def run_pack_dataset(cfg: PackDatasetConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """The flow body (also called by ``pipeline``); returns the run summary."""
     started, run = time.perf_counter(), cfg.run
@@ -156,7 +174,7 @@ def run_pack_dataset(cfg: PackDatasetConfig, parent_run_id: str | None = None) -
         reporting.log_tokenize(tracker, [s for s, _ in shards])
         plan = plan_rows(shards, cfg)
         dataset = write_version(plan, shards, jobs, tokenizer, cfg)
-        published = publish(cfg.output_root, dataset.result()["version"], run.keep_previous)
+        published = publish_version(dataset.result(), tracker, cfg)
         states = {"download": downloads, "validate": [s for _, s in checks],
                   "tokenize": [s for _, s in shards], "pack": [plan.name],
                   "write": [dataset.name]}  # fmt: skip

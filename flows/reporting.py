@@ -230,13 +230,14 @@ def finish_pack_run(
     tracker.log(numbers(stats), step=0)
     cached = [s for name in ("validate", "tokenize", "pack", "write") for s in states[name]]
     n_cached = sum(s == "Cached" for s in cached)
-    diff = published.get("diff") or {}
+    diff, gate = published.get("diff") or {}, published.get("gate") or {}
     change = {"changed": int(bool(published["changed"])), "tasks_cached": n_cached,
-              "tasks_total": len(cached), **diff}  # fmt: skip
+              "tasks_total": len(cached), **diff, **gate_metrics(gate)}  # fmt: skip
     log_stage(tracker, "publish", change, details=published).close()
     tracker.log({f"diff.{k}": v for k, v in numbers(diff).items()}, step=0)
     tracker.set_tags({"packft.dataset_version": Path(dataset["version"]).name,
-                      "packft.changed": str(bool(published["changed"])).lower()})  # fmt: skip
+                      "packft.changed": str(bool(published["changed"])).lower(),
+                      "packft.publish": publish_outcome(published)})  # fmt: skip
     headline = (
         f"dataset changed: new version {published['current']} (previous: {published['previous']})"
         if published["changed"]
@@ -256,6 +257,8 @@ def finish_pack_run(
     table = [(k, stats[k]) for k in PACK_TABLE if k in stats]
     if diff:
         table += [(f"diff: {k}", v) for k, v in diff.items()]
+    if gate.get("forced") and gate.get("problems"):
+        outputs.insert(1, ("publish gate", "FORCED past: " + "; ".join(gate["problems"])))
     publish_markdown(
         "pack-dataset-summary", "pack-dataset", [("Outputs", outputs), ("Stats", table)]
     )
@@ -279,6 +282,53 @@ def finish_pack_run(
         "flow_run_id": prefect_tags()["prefect.flow_run_id"],
         "seconds": round(seconds, 2),
     }
+
+
+def gate_metrics(gate: Mapping[str, Any]) -> dict[str, Any]:
+    """The publish gate's measurements and decision as numbers (empty when no gate ran)."""
+    if not gate:
+        return {}
+    keys = ("removed_fraction", "efficiency_drop", "max_removed_fraction", "max_efficiency_drop")
+    return {**{f"gate.{k}": gate[k] for k in keys if gate.get(k) is not None},
+            "gate.passed": int(bool(gate.get("passed"))),
+            "gate.forced": int(bool(gate.get("forced")))}  # fmt: skip
+
+
+def publish_outcome(published: Mapping[str, Any]) -> str:
+    """``published``, ``forced`` (past a refusing gate) or ``unchanged``: the run's tag."""
+    gate = published.get("gate") or {}
+    if not published.get("changed"):
+        return "unchanged"
+    return "forced" if gate.get("problems") and gate.get("forced") else "published"
+
+
+def report_refused_publish(tracker: Tracker, refused: Any, dataset: Mapping[str, Any]) -> str:
+    """A refused publish (:class:`packft.publish_gate.PublishRefused`): the diff and verdict to
+    MLflow (``publish`` stage, ``diff.*`` metrics, tags, ``publish_refused.json``) and to the
+    ``pack-dataset-publish-refused`` Prefect artifact. Returns the artifact's markdown."""
+    diff, verdict = refused.diff, refused.verdict.to_dict()
+    metrics = {"changed": 0, "published": 0, **diff, **gate_metrics(verdict)}
+    log_stage(tracker, "publish", metrics, details=refused.to_dict()).close()
+    tracker.log({f"diff.{k}": v for k, v in numbers(diff).items()} | {"publish_refused": 1.0}, 0)
+    tracker.set_tags({"packft.publish": "refused", "packft.changed": "false",
+                      "packft.unpublished_version": Path(refused.version).name})  # fmt: skip
+    tracker.log_dict(refused.to_dict(), "publish_refused.json")
+    outputs = [
+        ("status", "publish refused: latest unchanged, this run Failed"),
+        ("why", "; ".join(refused.verdict.problems)),
+        ("latest (unchanged)", f"`{refused.latest}`"),
+        ("unpublished version (inspect it)", f"`{dataset.get('prefix') or refused.version}`"),
+        ("publish it anyway", f"re-run with {refused.override}"),
+        *run_links(tracker),
+    ]
+    table = [(f"diff: {k}", v) for k, v in diff.items()]
+    table += [(f"gate: {k}", v) for k, v in verdict.items() if k != "problems"]
+    print(str(refused))
+    return publish_markdown(
+        "pack-dataset-publish-refused",
+        "pack-dataset: publish refused",
+        [("Outputs", outputs), ("Diff", table)],
+    )
 
 
 # --- finetune and pipeline ----------------------------------------------------------------------

@@ -14,7 +14,9 @@ at once. Relative paths are relative to the working directory (the checkout, for
 
 Dataset layout under ``root = dirname(preprocess.output_prefix)`` with ``name =
 basename(output_prefix)``: ``root/versions/<stamp>-<fingerprint>/name_packed_*`` and
-``root/latest -> versions/...``; train on ``root/latest/name``.
+``root/latest -> versions/...``; train on ``root/latest/name``. ``run.max_removed_fraction`` and
+``run.max_efficiency_drop`` are the publish gate (:mod:`packft.publish_gate`); ``run.force_publish``
+overrides it for one run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from pydantic import BaseModel, Field, model_validator
 
 from packft.config import ConfigError, read_yaml, validate
 from packft.preprocess import PreprocessConfig
+from packft.publish_gate import (
+    DEFAULT_MAX_EFFICIENCY_DROP,
+    DEFAULT_MAX_REMOVED_FRACTION,
+    PublishGate,
+)
 from packft.tracking import data_dir
 from packft.train import TrainConfig
 
@@ -64,7 +71,32 @@ class RunOptions(BaseModel):
     )
     experiment: str | None = Field(None, description="MLflow experiment (default: the flow name)")
     refresh_sources: bool = Field(False, description="download URLs again even if cached")
-    keep_previous: int = Field(2, ge=0, description="dataset versions kept besides latest")
+    keep_previous: int = Field(
+        2,
+        ge=0,
+        description="published versions kept besides latest (rollback), and as many unpublished",
+    )
+    max_removed_fraction: float = Field(
+        DEFAULT_MAX_REMOVED_FRACTION,
+        ge=0,
+        le=1,
+        description="publish gate: refuse to move latest if the new version drops more than this "
+        "fraction of latest's samples",
+    )
+    max_efficiency_drop: float = Field(
+        DEFAULT_MAX_EFFICIENCY_DROP,
+        ge=0,
+        le=1,
+        description="publish gate: refuse to move latest if packing efficiency falls by more than "
+        "this (absolute; 0.05 = 5 points)",
+    )
+    force_publish: bool = Field(
+        False,
+        description="move latest even if the publish gate refuses (pass per run, not in YAML)",
+    )
+
+    def publish_gate(self) -> PublishGate:
+        return PublishGate(self.max_removed_fraction, self.max_efficiency_drop)
 
     @property
     def work_path(self) -> Path:

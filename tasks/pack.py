@@ -6,7 +6,8 @@ into a fresh version directory (see :mod:`packft.store`), then adds the per-samp
 nightly diffs (``preprocess.write`` itself gathers every shard's rejects into
 ``{name}.rejects.jsonl``). Both are cached on content: shards are named by the
 digest of what produced them, so "same shard names + same options" means "same bytes".
-``publish`` is never cached: it atomically moves ``latest`` and prunes old versions.
+``publish`` is never cached: behind the publish gate (:mod:`packft.publish_gate`) it atomically
+moves ``latest`` and prunes old versions, or raises ``PublishRefused`` leaving ``latest`` alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prefect import task
 
 from packft import __version__, store
 from packft.atomic import atomic_write_bytes, atomic_writer
+from packft.publish_gate import PublishGate
 from tasks.caching import FileRef, content_cache, digest_json
 
 PACK_FIELDS = ("pack", "seq_length", "pack_algorithm", "pack_seed", "mix", "overlong", "neat_pack")
@@ -117,7 +119,7 @@ def write(
         info = {"name": name, "efficiency": stats.get("efficiency"), "rows": stats.get("rows")}
         version = store.finalize_version(tmp, final, fingerprint, digests, info)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        store.abandon_version(tmp, final)
         raise
     return {"version": str(version), "prefix": str(version / name), "stats": stats}
 
@@ -131,11 +133,20 @@ def _record_final_prefix(sidecar: Path, prefix: Path) -> None:
     atomic_write_bytes(sidecar, (json.dumps(data, indent=1) + "\n").encode())
 
 
+FORCE_PUBLISH_HINT = (
+    "run.force_publish=true (python -m flows.pack_dataset ... --force-publish, or the flow "
+    'parameter overrides={"run": {"force_publish": true}})'
+)
+
+
 @task(name="publish", persist_result=False)
-def publish(output_root: Path, version: str, keep_previous: int) -> dict[str, Any]:
-    """Move ``latest`` to ``version`` (atomic), diff against the previous one, prune old ones."""
-    before = store.current_version(output_root)
-    changed = before is None or before.resolve() != Path(version).resolve()
-    diff = store.diff_versions(before, Path(version)) if changed else {}  # before pruning
-    result = store.publish(output_root, Path(version), keep_previous)
-    return {**result.to_dict(), "diff": diff, "latest": str(Path(output_root) / store.LATEST)}
+def publish(
+    output_root: Path, version: str, keep_previous: int, gate: PublishGate, force: bool = False
+) -> dict[str, Any]:
+    """Move ``latest`` to ``version`` if ``gate`` lets it (or ``force``), diff, prune old ones."""
+    try:
+        result = store.publish(output_root, Path(version), keep_previous, gate=gate, force=force,
+                               override=FORCE_PUBLISH_HINT)  # fmt: skip
+    finally:
+        store.release_version(Path(version))
+    return {**result.to_dict(), "latest": str(Path(output_root) / store.LATEST)}

@@ -106,3 +106,17 @@ def test_flow_cli_uses_the_preprocess_flags() -> None:
         "run": {"parallel": 3, "task_runner": "dask", "experiment": "nightly"},
         "more_inputs": [],
     }
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [d for d in deployments() if FLOW_OF_ENTRYPOINT[d["entrypoint"]] != "finetune"],
+    ids=lambda d: f"{d['entrypoint']}:{d['name']}",
+)
+def test_no_parameter_file_switches_the_publish_gate_off(entry: dict, tmp_path: Path) -> None:
+    """``force_publish`` is a one-run override; in a file it would disable the gate every night."""
+    flow_name = FLOW_OF_ENTRYPOINT[entry["entrypoint"]]
+    overrides = {"preprocess": {"output_prefix": str(tmp_path / "ds" / "demo")}}
+    cfg = load_flow_config(MODELS[flow_name], REPO / entry["parameters"]["config_file"], overrides)
+    assert not cfg.run.force_publish and "force_publish" not in str(entry["parameters"])
+    assert cfg.run.max_removed_fraction <= 0.2 and cfg.run.max_efficiency_drop <= 0.05
