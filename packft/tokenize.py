@@ -66,6 +66,7 @@ in the number of records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -268,8 +269,9 @@ def encode_conversations(
     keep_msg = msg_len.copy()
     msg_first = np.searchsorted(m_sample, np.arange(n))
     masks: dict[int, np.ndarray] = {}  # message -> tokens kept, where a cut is not a prefix
+    known = functools.cache(lambda: dict(zip(strings, str_lens.tolist(), strict=True)))
     flags = flags_over_budget(
-        [convs[s] for s in over], template, tokenizer, options.overlong == "drop"
+        [convs[s] for s in over], template, tokenizer, options.overlong == "drop", known
     )
     for s, sample_flags in zip(over, flags, strict=True):
         first, k = int(msg_first[s]), 2 * turns_per_sample[s]
@@ -293,7 +295,7 @@ def encode_conversations(
     changed = np.bincount(m_sample, weights=keep_msg != msg_len, minlength=n) > 0
     marker_lost = count_marker_lost(
         convs, template, tokenizer, changed & keep_sample, dict(zip(over, flags, strict=True)),
-        masks, msg_first, turns_per_sample, keep_msg,
+        masks, msg_first, turns_per_sample, keep_msg, known,
     )  # fmt: skip
 
     # Every token of the batch in order, then the ones each message keeps: a prefix of the
@@ -301,17 +303,17 @@ def encode_conversations(
     total_full = int(occ_len.sum())
     starts_excl = np.cumsum(occ_len) - occ_len
     gather = np.repeat(occ_start - starts_excl, occ_len) + np.arange(total_full, dtype=np.int64)
-    tok_msg = np.repeat(np.arange(n_msg, dtype=np.int64), msg_len)
     if changed.any():
         msg_base = np.cumsum(msg_len) - msg_len
-        keep = np.arange(total_full, dtype=np.int64) - msg_base[tok_msg] < keep_msg[tok_msg]
+        position = np.arange(total_full, dtype=np.int64) - np.repeat(msg_base, msg_len)
+        keep = position < np.repeat(keep_msg, msg_len)
         for m, mask in masks.items():
             keep[msg_base[m] : msg_base[m] + msg_len[m]] = mask
-        gather, tok_msg = gather[keep], tok_msg[keep]
+        gather = gather[keep]
     ids = values[gather]
-    trained = np.asarray(msg_trained, bool)[tok_msg]
+    trained = np.repeat(np.asarray(msg_trained, bool), keep_msg)  # kept tokens, message by message
     labels = np.where(trained, ids, np.int32(IGNORE_INDEX)).astype(np.int32)
-    out_len = np.bincount(m_sample[tok_msg], minlength=n).astype(np.int64)[keep_sample]
+    out_len = np.bincount(m_sample, weights=keep_msg, minlength=n).astype(np.int64)[keep_sample]
 
     if options.append_eod:
         eos = np.int32(tokenizer.eos_token_id)

@@ -37,7 +37,7 @@ with offsets, in one call per batch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,35 +100,61 @@ def _text_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, in
     return mask
 
 
+def _piece_flags(
+    piece: str, found: Sequence[tuple[int, int]], known: Mapping[str, int]
+) -> np.ndarray | None:
+    """Flags that need no offsets: no text (all markers) or text only; None otherwise."""
+    if piece not in known:
+        return None
+    if not found:
+        return np.zeros(known[piece], bool)
+    if len(found) == 1 and found[0] == (0, len(piece)):
+        return np.ones(known[piece], bool)
+    return None
+
+
 def text_flags(
-    convs: Sequence[Conversation], template: Any, tokenizer: Any
+    convs: Sequence[Conversation],
+    template: Any,
+    tokenizer: Any,
+    known: Mapping[str, int] | None = None,
 ) -> list[list[np.ndarray]]:
     """Per conversation, per message (turn 0 source, turn 0 target, ...): True on text tokens.
 
-    The pieces are encoded again, with offsets, in one backend call; the ids are the ones the
-    batch encoder produced (the same strings through the same tokenizer). A template that does
-    not locate the text (``hf``) gives all-False flags: every token is a marker.
+    Pieces that mix text and markers are encoded again, with offsets, in one backend call (the
+    same strings through the same tokenizer give the batch encoder's ids); pieces that are all
+    text or all markers only need their token count, from ``known`` (string -> tokens) when
+    given. A template that does not locate the text (``hf``) gives all-False flags: every
+    token is a marker.
     """
+    known = known or {}
     rendered = [template.render_with_spans(conv, tokenizer) for conv in convs]
-    strings = sorted({p for turns, _ in rendered for t in turns for side in t for p in side
-                      if isinstance(p, str)})  # fmt: skip
-    index = {s: i for i, s in enumerate(strings)}
-    encodings = tokenizer._tokenizer.encode_batch(strings, add_special_tokens=False)
-    offsets = [e.offsets for e in encodings]
-    out = []
+    plans = []  # per conversation, per message: [(piece, spans or None)]
+    mixed: set[str] = set()
     for turns, spans in rendered:
         messages = [side for t in turns for side in (t.source, t.target)]
-        flags = []
+        plan = []
         for m, pieces in enumerate(messages):
-            parts = []
+            row = []
             for p, piece in enumerate(pieces):
-                if isinstance(piece, int):
-                    parts.append(np.zeros(1, bool))
-                    continue
-                found = spans[m][p] if spans is not None else ()
-                parts.append(_text_mask(offsets[index[piece]], found))
-            flags.append(np.concatenate(parts) if parts else np.zeros(0, bool))
-        out.append(flags)
+                found = spans[m][p] if spans is not None and isinstance(piece, str) else ()
+                flags = np.zeros(1, bool) if isinstance(piece, int) else None
+                flags = flags if flags is not None else _piece_flags(piece, found, known)
+                if flags is None:
+                    mixed.add(piece)
+                row.append((piece, found, flags))
+            plan.append(row)
+        plans.append(plan)
+    strings = sorted(mixed)
+    encodings = tokenizer._tokenizer.encode_batch(strings, add_special_tokens=False)
+    offsets = {s: e.offsets for s, e in zip(strings, encodings, strict=True)}
+    out = []
+    for plan in plans:
+        flags_per_message = []
+        for row in plan:
+            parts = [f if f is not None else _text_mask(offsets[p], found) for p, found, f in row]
+            flags_per_message.append(np.concatenate(parts) if parts else np.zeros(0, bool))
+        out.append(flags_per_message)
     return out
 
 
@@ -179,12 +205,17 @@ def cut_keeping_markers(flags: Sequence[np.ndarray], cutoff: int) -> list[np.nda
 
 
 def flags_over_budget(
-    convs: list[Conversation], template: Any, tokenizer: Any, skip: bool
+    convs: list[Conversation],
+    template: Any,
+    tokenizer: Any,
+    skip: bool,
+    token_counts: Callable[[], Mapping[str, int]],
 ) -> list[list[np.ndarray]]:
-    """Text/marker flags of the samples over the budget (none when they are dropped anyway)."""
+    """Text/marker flags of the samples over the budget (none when they are dropped anyway);
+    ``token_counts`` gives the batch's tokens per string (built only when needed)."""
     if skip or not convs:
         return [[] for _ in convs]
-    return text_flags(convs, template, tokenizer)
+    return text_flags(convs, template, tokenizer, token_counts())
 
 
 def check_flags(flags: list[np.ndarray], lengths: np.ndarray, conv: Conversation) -> None:
@@ -210,13 +241,14 @@ def count_marker_lost(
     msg_first: np.ndarray,
     turns_per_sample: list[int],
     keep_msg: np.ndarray,
+    token_counts: Callable[[], Mapping[str, int]],
 ) -> int:
     """Samples whose prefix cut (MindSpeed's, or its per-pair neat-pack cut) removed a marker
     from a kept turn's prompt; marker-keeping cuts never do."""
     todo = [s for s in np.flatnonzero(cut).tolist() if int(msg_first[s]) not in masks]
     missing = [s for s in todo if s not in known]
     if missing:
-        found = text_flags([convs[s] for s in missing], template, tokenizer)
+        found = text_flags([convs[s] for s in missing], template, tokenizer, token_counts())
         known = {**known, **dict(zip(missing, found, strict=True))}
     lost = 0
     for s in todo:
