@@ -216,3 +216,32 @@ def test_fitting_samples_are_identical_in_both_modes(template: str) -> None:
     a, b = _enc(template, convs, 4096, keep=True), _enc(template, convs, 4096, keep=False)
     assert a.ids.tolist() == b.ids.tolist() and a.labels.tolist() == b.labels.tolist()
     assert a.truncated == b.truncated == 0
+
+
+def test_workers_give_identical_shards_with_markers_kept_and_repairs(tmp_path: Path) -> None:
+    """Spawned workers rebuild the tokenizer from its backend: spans, offsets and repairs there
+    must give the bytes and counts of one process."""
+    from packft.tokenize import read_stats, tokenize_file
+
+    src = ASSETS / "sharegpt" / "fastchat_dummy_conversation_with_system.json"
+    rows = json.loads(src.read_text())[:200]
+    rows[7] = {"conversations": [{"from": "gpt", "value": "tail"}, *rows[7]["conversations"]]}
+    data = tmp_path / "chat.json"
+    data.write_text(json.dumps(rows))
+    shards, stats = {}, {}
+    for workers in (1, 2):
+        shards[workers] = tmp_path / f"w{workers}.arrow"
+        opts = TokenizeOptions(seq_length=48, append_eod=True, batch_size=32, workers=workers,
+                               keep_markers=True)  # fmt: skip
+        stats[workers] = tokenize_file(data, shards[workers], fmt="sharegpt",
+                                       tokenizer_path=ASSETS / "llama2-tokenizer",
+                                       template="llama2", options=opts,
+                                       map_keys={"system": None},  # short first-turn markers
+                                       repair=["leading-assistant"])  # fmt: skip
+    assert shards[1].read_bytes() == shards[2].read_bytes()
+    one = read_stats(shards[1])
+    assert one == read_stats(shards[2])
+    assert one["repaired"] == {"leading_assistant": 1} and one["valid"] == 200
+    assert one["truncated"] > 50 and one["truncated_marker_lost"] == 0
+    assert one["options"]["keep_markers"] is True and one["options"]["repair"] == [
+        "leading-assistant"]  # fmt: skip
