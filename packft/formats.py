@@ -170,10 +170,15 @@ def _alternation(turns: list[RawTurn], name: str) -> None:
         expected = PROMPT_ROLES if i % 2 == 0 else ANSWER_ROLES
         if turn.role not in expected:
             side = "a prompt (user/observation)" if i % 2 == 0 else "an answer (assistant/function)"
+            if i == 0:
+                hint = " (--repair leading-assistant drops it)"
+            elif turn.role == turns[i - 1].role and turn.role != "function":
+                hint = " (--repair merge-consecutive joins it to the one before)"
+            else:
+                hint = ""
             raise InvalidRecord(
                 "roles_not_alternating",
-                f"{name}[{turn.index}] is {turn.tag!r} but {side} turn is due"
-                + (" (--repair leading-assistant drops it)" if i == 0 else ""),
+                f"{name}[{turn.index}] is {turn.tag!r} but {side} turn is due{hint}",
             )
     if len(turns) % 2:
         raise InvalidRecord(

@@ -269,9 +269,9 @@ def encode_conversations(
     keep_msg = msg_len.copy()
     msg_first = np.searchsorted(m_sample, np.arange(n))
     masks: dict[int, np.ndarray] = {}  # message -> tokens kept, where a cut is not a prefix
-    known = functools.cache(lambda: dict(zip(strings, str_lens.tolist(), strict=True)))
+    token_counts = functools.cache(lambda: dict(zip(strings, str_lens.tolist(), strict=True)))
     flags = flags_over_budget(
-        [convs[s] for s in over], template, tokenizer, options.overlong == "drop", known
+        [convs[s] for s in over], template, tokenizer, options.overlong == "drop", token_counts
     )
     for s, sample_flags in zip(over, flags, strict=True):
         first, k = int(msg_first[s]), 2 * turns_per_sample[s]
@@ -295,7 +295,7 @@ def encode_conversations(
     changed = np.bincount(m_sample, weights=keep_msg != msg_len, minlength=n) > 0
     marker_lost = count_marker_lost(
         convs, template, tokenizer, changed & keep_sample, dict(zip(over, flags, strict=True)),
-        masks, msg_first, turns_per_sample, keep_msg, known,
+        masks, msg_first, turns_per_sample, keep_msg, token_counts,
     )  # fmt: skip
 
     # Every token of the batch in order, then the ones each message keeps: a prefix of the

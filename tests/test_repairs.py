@@ -125,6 +125,8 @@ def test_without_repair_every_reason_is_todays(sharegpt_v3: Path, tmp_path: Path
     assert "conversations[1] is 'gpt'" in by_row[14]["detail"]  # after the system message
     assert "--repair leading-assistant" in by_row[1]["detail"]
     assert "--repair trailing-user" in by_row[3]["detail"]
+    assert "conversations[1] is 'human'" in by_row[4]["detail"]
+    assert "--repair merge-consecutive" in by_row[4]["detail"]
     assert "assistant_tag" in by_row[6]["detail"] and "bing" in by_row[6]["detail"]
     assert by_row[7]["message"].startswith(f"{sharegpt_v3}:8: empty_conversation")
     assert [c.row for c in convs] == [0]
