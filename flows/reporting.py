@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from packft.stats import detail_rows
 from packft.tracking import (
     NullTracker,
     Tracker,
@@ -161,12 +162,13 @@ def log_inputs(tracker: Tracker, files: list[Any], tokenizer: Any) -> None:
 
 def _sum_counts(items: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {k: sum(int(i.get(k) or 0) for i in items) for k in keys}
-    rejected: dict[str, int] = {}
-    for item in items:
-        for reason, n in (item.get("rejected") or {}).items():
-            rejected[reason] = rejected.get(reason, 0) + int(n)
-    out["rejected"] = rejected
-    out["rejected_total"] = sum(rejected.values())
+    for group in ("rejected", "repaired"):  # per reason, per --repair kind
+        counts: dict[str, int] = {}
+        for item in items:
+            for name, n in (item.get(group) or {}).items():
+                counts[name] = counts.get(name, 0) + int(n)
+        out[group] = counts
+    out["rejected_total"] = sum(out["rejected"].values())
     return out
 
 
@@ -177,7 +179,8 @@ def log_validation(tracker: Tracker, checks: list[dict[str, Any]]) -> dict[str, 
 
 
 def log_tokenize(tracker: Tracker, shards: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("samples_in", "valid", "truncated", "dropped", "written", "tokens", "supervised_tokens")
+    keys = ("samples_in", "valid", "truncated", "truncated_marker_lost", "dropped", "written",
+            "tokens", "supervised_tokens")  # fmt: skip
     totals = _sum_counts(shards, keys)
     totals["max_length"] = max((int(s.get("max_length") or 0) for s in shards), default=0)
     log_stage(tracker, "tokenize", totals, details=shards).close()
@@ -199,7 +202,8 @@ def dataset_figures(shards: list[str], plan_file: str, seq_length: int) -> tuple
 
 
 PACK_TABLE = (
-    "samples_in", "valid", "rejected_total", "truncated", "dropped", "split", "rows",
+    "samples_in", "valid", "rejected_total", "truncated", "truncated_marker_lost", "dropped",
+    "split", "rows",
     "lower_bound_rows", "efficiency", "pad_fraction", "samples_per_row_mean",
     "samples_per_row_max", "total_tokens", "supervised_tokens", "efficiency_padded_alone",
 )  # fmt: skip
@@ -255,6 +259,7 @@ def finish_pack_run(
         *run_links(tracker),
     ]
     table = [(k, stats[k]) for k in PACK_TABLE if k in stats]
+    table += detail_rows(stats)  # rejects by reason (top 5), repairs by kind
     if diff:
         table += [(f"diff: {k}", v) for k, v in diff.items()]
     if gate.get("forced") and gate.get("problems"):

@@ -22,7 +22,11 @@ given as a list/dict is stored as JSON text. A ``--map-keys`` value of ``null`` 
 Deviations from MindSpeed, each to avoid losing or mis-training data silently: ``system``,
 ``tools`` and ``history`` columns are read when present (MindSpeed only when mapped: pass
 ``{"system": null}`` etc. to reproduce it); empty answers and empty user turns are rejected;
-OpenAI rows must alternate like ShareGPT rows; rejects are reported, not just logged. Like
+OpenAI rows must alternate like ShareGPT rows; rejects are reported, not just logged. Records
+MindSpeed rejects can be repaired on request (``repair``, :mod:`packft.repairs`): a leading answer
+turn or a trailing prompt turn dropped, same-role neighbours merged; role tags may be lists
+(``{"assistant_tag": ["gpt", "bing"]}``). Details name a message by its 0-based index in the
+record (``conversations[2]``); the rejects message adds the 1-based record number. Like
 MindSpeed's ``check_dataset_info_map``, a required or explicitly mapped column that no row of the
 first batch has is a ``ValueError`` (wrong handler or a typo), not thousands of rejects.
 ``--map-keys`` itself is checked and overlaid on the defaults by :mod:`packft.keymap`.
@@ -53,6 +57,7 @@ reading, i.e. 60k-130k Alpaca rows/s end to end; tokenization dominates the pipe
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -75,6 +80,7 @@ from packft.rejects import (
     ValidationSummary,
     format_reject,
 )
+from packft.repairs import RawTurn, apply_repairs, parse_repairs
 
 __all__ = [
     "FORMATS",
@@ -159,18 +165,26 @@ def _turn(role: str, content: str) -> Message:
     return Message(role, content)  # type: ignore[arg-type]
 
 
-def _alternation(messages: list[Message], tags: list[str]) -> None:
-    for i, (message, tag) in enumerate(zip(messages, tags, strict=True)):
+def _alternation(turns: list[RawTurn], name: str) -> None:
+    for i, turn in enumerate(turns):
         expected = PROMPT_ROLES if i % 2 == 0 else ANSWER_ROLES
-        if message.role not in expected:
+        if turn.role not in expected:
             side = "a prompt (user/observation)" if i % 2 == 0 else "an answer (assistant/function)"
+            if i == 0:
+                hint = " (--repair leading-assistant drops it)"
+            elif turn.role == turns[i - 1].role and turn.role != "function":
+                hint = " (--repair merge-consecutive joins it to the one before)"
+            else:
+                hint = ""
             raise InvalidRecord(
-                "roles_not_alternating", f"turn {i} is {tag!r} but {side} turn is due"
+                "roles_not_alternating",
+                f"{name}[{turn.index}] is {turn.tag!r} but {side} turn is due{hint}",
             )
-    if len(messages) % 2:
+    if len(turns) % 2:
         raise InvalidRecord(
             "wrong_last_role",
-            f"the last turn is {tags[-1]!r}; a conversation must end on an answer",
+            f"the last turn is {turns[-1].tag!r}; a conversation must end on an answer"
+            " (--repair trailing-user drops it)",
         )
 
 
@@ -234,35 +248,35 @@ def _openai_content(
     return "function", json.dumps(parsed[0] if len(parsed) == 1 else parsed, ensure_ascii=False)
 
 
-def _chat(row: Mapping[str, Any], keys: KeyMap) -> Conversation:
+def _chat(row: Mapping[str, Any], keys: KeyMap, repair: tuple[str, ...] = ()) -> Conversation:
     c, t = keys.columns, keys.tags
     name = c["messages"] or "messages"
     raw = _maybe_json(_get(row, c["messages"]), name, (list,))
     if raw is None:
         raise InvalidRecord("missing_field", f"{name!r} is missing or null")
-    if raw and isinstance(raw[0], Mapping) and raw[0].get(t["role_tag"]) == t["system_tag"]:
+    system_tags = keys.tag_values("system_tag")
+    first = 0
+    if raw and isinstance(raw[0], Mapping) and raw[0].get(t["role_tag"]) in system_tags:
         system = _text(raw[0].get(t["content_tag"]), f"{name}[0]", required=False)
-        raw = raw[1:]
+        first = 1
     else:
         system = _text(_get(row, c["system"]), c["system"] or "system", required=False)
-    if not raw:
+    if len(raw) <= first:
         raise InvalidRecord("empty_conversation", f"{name!r} has no turns")
     roles = keys.roles()
-    messages: list[Message] = []
-    tags: list[str] = []
-    for i, message in enumerate(raw):
+    turns: list[RawTurn] = []
+    for i in range(first, len(raw)):
+        message = raw[i]
         if not isinstance(message, Mapping):
             raise InvalidRecord(
                 "wrong_type", f"{name}[{i}] is {type(message).__name__}, not an object"
             )
         tag = message.get(t["role_tag"])
-        if tag == t["system_tag"]:
+        if tag in system_tags:
             raise InvalidRecord("misplaced_system", f"{name}[{i}] is a system message")
         role = roles.get(tag) if isinstance(tag, str) else None
         if role is None:
-            raise InvalidRecord(
-                "unknown_role", f"{name}[{i}] {t['role_tag']}={tag!r}; accepted: {sorted(roles)}"
-            )
+            raise InvalidRecord("unknown_role", keys.unknown_role_detail(f"{name}[{i}]", tag))
         where = f"{name}[{i}].{t['content_tag']}"
         if keys.fmt == "openai":
             override, content = _openai_content(
@@ -271,26 +285,48 @@ def _chat(row: Mapping[str, Any], keys: KeyMap) -> Conversation:
             role = override or role
         else:
             content = _text(message.get(t["content_tag"]), where, required=True)
-        messages.append(_turn(role, content))
-        tags.append(tag)
-    _alternation(messages, tags)
-    return Conversation(messages=messages, system=system, tools=_tools(row, c["tools"]))
+        if not repair:  # today's order of checks: the first bad turn decides the reason
+            _turn(role, content)
+        turns.append(RawTurn(role, content, tag, i))
+    done: list[str] = []
+    if repair:
+        turns, done = apply_repairs(turns, repair)
+        if not turns:
+            raise InvalidRecord("empty_conversation", f"{name!r} has no turns left after --repair")
+        for turn in turns:
+            _turn(turn.role, turn.content)
+    _alternation(turns, name)
+    messages = [Message(turn.role, turn.content) for turn in turns]  # type: ignore[arg-type]
+    conversation = Conversation(messages=messages, system=system, tools=_tools(row, c["tools"]))
+    if done:
+        conversation.meta["repaired"] = done
+    return conversation
 
 
-_CONVERTERS = {"alpaca": _alpaca, "sharegpt": _chat, "openai": _chat}
+def _alpaca_row(row: Mapping[str, Any], keys: KeyMap, repair: tuple[str, ...] = ()) -> Conversation:
+    return _alpaca(row, keys)  # built alternating: nothing to repair
+
+
+_CONVERTERS = {"alpaca": _alpaca_row, "sharegpt": _chat, "openai": _chat}
 
 
 def to_conversation(
-    row: Any, fmt: str, map_keys: KeyMap | Mapping[str, Any] | str | None = None
+    row: Any,
+    fmt: str,
+    map_keys: KeyMap | Mapping[str, Any] | str | None = None,
+    repair: Iterable[str] | str | None = None,
 ) -> Conversation:
     """Normalise one row (``source``/``row`` are left for the caller to set).
 
+    ``repair``: ``--repair`` kinds (:mod:`packft.repairs`); the ones that changed the row are
+    listed in ``conversation.meta["repaired"]``.
+
     Raises:
         InvalidRecord: the row is not a valid sample; ``.reason`` is one of the codes above.
-        ValueError: unknown ``fmt`` or bad ``map_keys``.
+        ValueError: unknown ``fmt``, bad ``map_keys`` or an unknown repair.
     """
     keys = get_key_map(normalize_format(fmt), map_keys)
-    return _CONVERTERS[keys.fmt](_check_row(row), keys)
+    return _CONVERTERS[keys.fmt](_check_row(row), keys, tuple(parse_repairs(repair)))
 
 
 def _check_columns(batch: RecordBatch, keys: KeyMap) -> bool:
@@ -319,14 +355,17 @@ def iter_conversations(
     fmt: str,
     map_keys: KeyMap | Mapping[str, Any] | str | None,
     rejects: RejectLog,
+    repair: Iterable[str] | str | None = None,
 ) -> Iterator[list[Conversation]]:
     """One list of valid conversations per input batch (possibly empty); rejects go to the log.
+
+    ``repair``: ``--repair`` kinds; kept records they changed are counted in ``rejects.repaired``.
 
     Raises:
         InvalidRecordError: from ``rejects`` when it was opened with ``on_invalid="fail"``.
     """
     keys = get_key_map(normalize_format(fmt), map_keys)
-    convert = _CONVERTERS[keys.fmt]
+    convert = functools.partial(_CONVERTERS[keys.fmt], repair=tuple(parse_repairs(repair)))
     checked = False
     for batch in batches:
         if not checked:
@@ -340,6 +379,7 @@ def iter_conversations(
                 continue
             conversation.source = batch.source
             conversation.row = batch.start_row + offset
+            rejects.repaired.update(conversation.meta.get("repaired", ()))
             valid.append(conversation)
         rejects.count(len(batch.rows), len(valid))
         yield valid
@@ -353,15 +393,18 @@ def validate_file(
     on_invalid: str = "skip",
     *,
     batch_size: int = 2048,
+    repair: Iterable[str] | str | None = None,
 ) -> ValidationSummary:
     """Read and check every record of one file; write the rejects file; return the counts.
 
     Raises:
         InvalidRecordError: first invalid record when ``on_invalid="fail"``.
-        ValueError: unknown format or bad ``map_keys`` (before any reading).
+        ValueError: unknown format, bad ``map_keys`` or repair (before any reading).
     """
     keys = get_key_map(normalize_format(fmt), map_keys)
+    repairs = parse_repairs(repair)
     with RejectLog(rejects_path, on_invalid) as log:
-        for _ in iter_conversations(iter_record_batches(path, batch_size), keys.fmt, keys, log):
+        batches = iter_record_batches(path, batch_size)
+        for _ in iter_conversations(batches, keys.fmt, keys, log, repairs):
             pass
     return log.summary()

@@ -7,7 +7,10 @@ dict or its JSON text and returns a frozen :class:`KeyMap`:
 * a column key renames a field and ``null`` turns an optional field off; ``response`` and
   ``messages`` may be renamed but not turned off;
 * tag keys (sharegpt, openai) may be given at the top level or under ``"tags"``; tags not given keep
-  their defaults (MindSpeed resets them to None, which breaks every sample);
+  their defaults (MindSpeed resets them to None, which breaks every sample); a role tag
+  (``user_tag``, ``assistant_tag``, ``observation_tag``, ``function_tag``, ``system_tag``) may also
+  be a list, so several spellings map to one role: ShareGPT_V3's ``bing`` turns
+  with ``{"assistant_tag": ["gpt", "bing"]}`` (an extension; MindSpeed takes one);
 * MindSpeed's pairwise keys (``chosen``, ``rejected``, ``kto_tag``) and unknown keys are refused;
   every problem is reported in one ``ValueError`` that lists the allowed keys and the defaults.
 
@@ -75,14 +78,31 @@ _REQUIRED = {"response", "messages"}  # may be renamed but not switched off
 _PAIRWISE = {"chosen", "rejected", "kto_tag"}
 
 
+_ROLE_TAGS = ("user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
+
+
 @dataclass(frozen=True)
 class KeyMap:
     """Resolved field and tag names for one format (defaults overlaid with ``--map-keys``)."""
 
     fmt: str
     columns: dict[str, str | None]
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str | list[str]] = field(default_factory=dict)  # lists: role tags only
     explicit: frozenset[str] = frozenset()  # column roles named in --map-keys
+
+    def tag_values(self, key: str) -> tuple[str, ...]:
+        """Every spelling of one role tag (a list in ``--map-keys`` or the single default)."""
+        value = self.tags[key]
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    def unknown_role_detail(self, where: str, tag: object) -> str:
+        """Why a role tag is refused, and the ``--map-keys`` that would accept it."""
+        role_tag = self.tags["role_tag"]
+        hint = {"assistant_tag": [*self.tag_values("assistant_tag"), tag]}
+        return (
+            f"{where} {role_tag}={tag!r}; accepted: {sorted(self.roles())} (to accept it, list it "
+            f"with its role's tags, e.g. --map-keys '{json.dumps(hint, ensure_ascii=False, default=str)}')"
+        )
 
     def expected_columns(self) -> dict[str, str]:
         """Columns a file must have: required ones and every one named in ``--map-keys``."""
@@ -91,12 +111,15 @@ class KeyMap:
 
     def roles(self) -> dict[str, str]:
         """Role tag in the data -> canonical role (system handled separately)."""
-        t = self.tags
         mapping = {
-            t["user_tag"]: "user",
-            t["assistant_tag"]: "assistant",
-            t["observation_tag"]: "observation",
-            t["function_tag"]: "function",
+            tag: role
+            for key, role in (
+                ("user_tag", "user"),
+                ("assistant_tag", "assistant"),
+                ("observation_tag", "observation"),
+                ("function_tag", "function"),
+            )
+            for tag in self.tag_values(key)
         }
         if self.fmt == "openai":
             mapping.setdefault("function", "observation")  # legacy function-result messages
@@ -151,14 +174,24 @@ def resolve_map_keys(fmt: str, map_keys: Mapping[str, Any] | str | None) -> KeyM
             else:
                 columns[key] = value
         elif key in tags:
-            if not isinstance(value, str):
-                problems.append(f"tag {key!r} must be a string, got {value!r}")
-            else:
+            if isinstance(value, str) or (
+                key in _ROLE_TAGS
+                and isinstance(value, list)
+                and value
+                and all(isinstance(v, str) for v in value)
+            ):
                 tags[key] = value
+            else:
+                kind = (
+                    "a string or a non-empty list of strings" if key in _ROLE_TAGS else "a string"
+                )
+                problems.append(f"tag {key!r} must be {kind}, got {value!r}")
         elif key in _PAIRWISE:
             problems.append(f"{key!r} is for MindSpeed's pairwise handlers; packft builds SFT data")
         else:
             problems.append(f"unknown key {key!r}")
+    if not problems and tags:
+        problems += _shared_role_tags(tags)
     if problems:
         allowed = sorted(columns) + (["tags", *sorted(tags)] if tags else [])
         raise ValueError(
@@ -167,6 +200,19 @@ def resolve_map_keys(fmt: str, map_keys: Mapping[str, Any] | str | None) -> KeyM
         )
     explicit = frozenset(k for k, v in flat.items() if k in columns and v is not None)
     return KeyMap(fmt, columns, tags, explicit)
+
+
+def _shared_role_tags(tags: dict[str, str | list[str]]) -> list[str]:
+    """A tag may stand for one role only (``bing`` as user and assistant is ambiguous)."""
+    owner: dict[str, str] = {}
+    problems = []
+    for key in _ROLE_TAGS:
+        values = [tags[key]] if isinstance(tags[key], str) else tags[key]
+        for value in values:
+            if value in owner and owner[value] != key:
+                problems.append(f"tag {value!r} is both {owner[value]} and {key}")
+            owner.setdefault(value, key)
+    return problems
 
 
 @lru_cache(maxsize=64)

@@ -14,8 +14,10 @@ Prefect tasks in ``tasks/`` wrap exactly these functions):
 4. :func:`write`          rows -> the three ``{prefix}_packed_*_document`` datasets, plan, sidecar.
 
 How ``--overlong`` reaches the tokenizer: ``truncate`` gives the template-aware (per-turn,
-proportional) MindSpeed truncation a budget of ``seq_length - 1`` minus the eod, so samples fit a
-row with their eod intact; ``drop`` tokenizes exactly like MindSpeed (budget ``seq_length``) and
+proportional) truncation a budget of ``seq_length - 1`` minus the eod, so samples fit a row with
+their eod intact, and keeps every template marker of the kept turns, cutting inside the
+user/assistant text (:mod:`packft.truncation`); ``drop`` tokenizes exactly like MindSpeed (budget
+``seq_length``, MindSpeed's cut, whose lost prompt markers are only counted) and
 then drops what exceeds ``seq_length - 1`` (MindSpeed's ``--pack`` and unpacked rule; with
 ``--pack-algorithm knapsack --neat-pack`` packft does what MindSpeed's ``--neat-pack`` does
 instead: each turn's (source, target) pair is cut on its own to ``seq_length - 1`` at
@@ -49,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from packft import __version__
 
@@ -95,6 +97,11 @@ class PreprocessConfig(BaseModel):
     on_invalid: Literal["skip", "fail"] = Field(
         "skip", description="invalid records: skip (logged to {prefix}.rejects.jsonl) or fail"
     )
+    repair: list[str] = Field(
+        default_factory=list,
+        description="ShareGPT/OpenAI repairs instead of rejects: leading-assistant, "
+        "trailing-user, merge-consecutive (comma-separated or several values)",
+    )
     workers: int = Field(1, description="tokenizer processes (output does not depend on it)")
     log_interval: int = Field(100, description="accepted for MindSpeed compatibility")
     overwrite_cache: bool = Field(False, description="re-tokenize even if a cached shard exists")
@@ -102,6 +109,13 @@ class PreprocessConfig(BaseModel):
     input_sha256: str | None = Field(
         None, description="expected sha256 of a downloaded --input file (mismatch: clear error)"
     )
+
+    @field_validator("repair", mode="before")
+    @classmethod
+    def _repairs(cls, value: Any) -> list[str]:
+        from packft.repairs import parse_repairs
+
+        return parse_repairs(value)
 
     @model_validator(mode="after")
     def _check(self) -> PreprocessConfig:
@@ -215,6 +229,7 @@ def _options(cfg: PreprocessConfig):
         seq_length=cfg.tokenize_budget(),
         append_eod=cfg.append_eod,
         overlong="truncate",
+        keep_markers=cfg.overlong == "truncate",  # drop: MindSpeed's bytes; split: no cut
         pair_cutoff=cfg.pair_cutoff(),
         workers=cfg.workers,
     )
@@ -229,6 +244,7 @@ def _shard_key(path: Path, cfg: PreprocessConfig) -> str:
         "template": cfg.prompt_type.strip(),
         "format": _fmt(cfg),
         "map_keys": cfg.map_keys,
+        "repair": cfg.repair,
         "options": _options(cfg).recorded(),
         "on_invalid": cfg.on_invalid,  # a shard made with "skip" must not satisfy "fail"
         "version": __version__,
@@ -266,7 +282,9 @@ def validate_input(path: Path, cfg: PreprocessConfig, rejects_path: Path | None 
     from packft.formats import validate_file
 
     rejects = rejects_path or Path(f"{cfg.prefix}.{Path(path).name}.rejects.jsonl")
-    return validate_file(Path(path), _fmt(cfg), cfg.map_keys, rejects, cfg.on_invalid)
+    return validate_file(
+        Path(path), _fmt(cfg), cfg.map_keys, rejects, cfg.on_invalid, repair=cfg.repair
+    )
 
 
 def tokenize_input(
@@ -300,6 +318,7 @@ def tokenize_input(
         rejects_path=rejects_path_for(shard),
         on_invalid=cfg.on_invalid,
         progress=progress,
+        repair=cfg.repair,
     )
     return shard
 
@@ -467,7 +486,12 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    console.print(stats_table(result.stats, f"{result.prefix} ({result.seconds:.1f} s)"))
+    rejects = Path(f"{result.prefix}.rejects.jsonl")
+    title = f"{result.prefix} ({result.seconds:.1f} s)"
+    console.print(stats_table(result.stats, title, rejects_file=rejects))
+    print(
+        f"rejects: {result.stats.get('rejected_total', 0)} record(s) in {rejects}", file=sys.stderr
+    )
     print(f"timings: {json.dumps(result.stats['seconds'])}", file=sys.stderr)
     print(
         f"wrote {result.prefix}_packed_{{input_ids,attention_mask,labels}}_document.{{bin,idx}}",

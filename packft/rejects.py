@@ -3,9 +3,12 @@
 Each rejected record becomes one line of the rejects file::
 
     {"source": "data/alpaca.json", "row": 17, "reason": "empty_answer",
-     "detail": "the assistant turn is empty", "message": "data/alpaca.json:17: empty_answer: ...",
+     "detail": "the assistant turn is empty", "message": "data/alpaca.json:18: empty_answer: ...",
      "record": {...the row as read...}}
 
+``row`` is 0-based, like ``source_row`` in the shards and the plan; the number in ``message`` is
+the 1-based record number a person counts: the line of a JSON-lines or text file (blank lines
+of a JSON-lines file are skipped), the element of a JSON list, the data row of a CSV or table.
 ``message`` is :func:`format_reject` ``(source, row, reason, detail)``; with
 ``on_invalid="fail"`` the same text is the :class:`InvalidRecordError` message, so a failed run
 and a skipped run name a bad record identically. The file is written to a temporary name and
@@ -49,17 +52,19 @@ class InvalidRecordError(ValueError):
 
 
 def format_reject(source: str, row: int, reason: str, detail: str) -> str:
-    """``source:row: reason: detail``, the one spelling of a rejected record everywhere."""
-    return f"{source}:{row}: {reason}: {detail}"
+    """``source:N: reason: detail`` with N = ``row + 1`` (1-based), the one spelling of a
+    rejected record everywhere."""
+    return f"{source}:{row + 1}: {reason}: {detail}"
 
 
 @dataclass
 class ValidationSummary:
-    """Counts for logging: records read, kept, and rejected per reason code."""
+    """Counts for logging: records read, kept, rejected per reason code, repaired per kind."""
 
     total: int
     valid: int
     rejected: dict[str, int] = field(default_factory=dict)
+    repaired: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_rejected(self) -> int:
@@ -68,12 +73,20 @@ class ValidationSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON stats and tracking."""
-        return {"total": self.total, "valid": self.valid, "rejected": dict(self.rejected)}
+        return {
+            "total": self.total,
+            "valid": self.valid,
+            "rejected": dict(self.rejected),
+            "repaired": dict(self.repaired),
+        }
 
     def __str__(self) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items()))
-        return f"{self.total} records: {self.valid} valid, {self.num_rejected} rejected" + (
-            f" ({reasons})" if reasons else ""
+        repairs = ", ".join(f"{k}={v}" for k, v in sorted(self.repaired.items()))
+        return (
+            f"{self.total} records: {self.valid} valid, {self.num_rejected} rejected"
+            + (f" ({reasons})" if reasons else "")
+            + (f"; repaired: {repairs}" if repairs else "")
         )
 
 
@@ -105,6 +118,7 @@ class RejectLog:
         self.path = Path(path) if path is not None else None
         self.on_invalid = on_invalid
         self.counts: Counter[str] = Counter()
+        self.repaired: Counter[str] = Counter()  # kept records per --repair kind that changed them
         self.total = 0
         self.valid = 0
         self._handle: IO[str] | None = None
@@ -184,4 +198,9 @@ class RejectLog:
 
     def summary(self) -> ValidationSummary:
         """Counts so far as a :class:`ValidationSummary`."""
-        return ValidationSummary(self.total, self.valid, dict(sorted(self.counts.items())))
+        return ValidationSummary(
+            self.total,
+            self.valid,
+            dict(sorted(self.counts.items())),
+            dict(sorted(self.repaired.items())),
+        )

@@ -49,6 +49,8 @@ from packft.template_table import (
 )
 
 Piece = str | int
+Spans = tuple[tuple[int, int], ...]
+"""Character ranges ``[start, end)`` of a piece that hold a message's own text."""
 
 
 class TemplateError(ValueError):
@@ -138,6 +140,25 @@ def _function_fields(content: str) -> tuple[str, str]:
 # --- table templates ---------------------------------------------------------------------------
 
 
+def _substitute(slot: str, values: dict[str, str], text_from: int) -> tuple[str, Spans]:
+    """``slot`` filled exactly like ``_fill`` does (``{{content}}`` once, other placeholders
+    everywhere, keys in order) plus the spans of the inserted values, minus each value's first
+    ``text_from`` characters (llama2's system block inside the first user turn)."""
+    spans: list[tuple[int, int]] = []
+    for key, value in values.items():
+        mark = "{{" + key + "}}"
+        at, count = 0, 0
+        while (at := slot.find(mark, at)) >= 0 and (key != "content" or count == 0):
+            slot = slot[:at] + value + slot[at + len(mark) :]
+            shift = len(value) - len(mark)
+            spans = [(a + shift, b + shift) if a >= at + len(mark) else (a, b) for a, b in spans]
+            skip = text_from if key == "content" else 0
+            if len(value) > skip:
+                spans.append((at + skip, at + len(value)))
+            at, count = at + len(value), count + 1
+    return slot, tuple(sorted(spans))
+
+
 @dataclass(frozen=True)
 class Template:
     """One ``--prompt-type``: slot lists per role plus MindSpeed's template flags."""
@@ -155,54 +176,92 @@ class Template:
     replace_eos: bool
     system_in_user: bool
 
-    def _fill(self, slots: tuple[Slot, ...], out: list[Piece], tok: Any, **values: str) -> None:
+    def _fill(
+        self,
+        slots: tuple[Slot, ...],
+        out: list[Piece],
+        tok: Any,
+        spans: list[Spans] | None = None,
+        text_from: int = 0,
+        **values: str,
+    ) -> None:
+        """Append the filled slots to ``out``; with ``spans``, also each piece's text spans:
+        where the message's own text (from ``text_from`` on within each value) landed."""
         for slot in slots:
             if isinstance(slot, str):
-                for key, value in values.items():
-                    slot = slot.replace("{{" + key + "}}", value, 1 if key == "content" else -1)
+                if spans is None:
+                    for key, value in values.items():
+                        slot = slot.replace("{{" + key + "}}", value, 1 if key == "content" else -1)
+                    found: Spans = ()
+                else:
+                    slot, found = _substitute(slot, values, text_from)
                 if slot:
                     out.append(slot)
+                    if spans is not None:
+                        spans.append(found)
             else:
                 tid = _special_id(tok, slot)
                 if tid is not None:
                     out.append(tid)
+                    if spans is not None:
+                        spans.append(())
 
     def render(self, conv: Conversation, tokenizer: Any) -> list[Turn]:
         """The conversation as (source, target) pieces per turn, untruncated."""
+        return self._render(conv, tokenizer, None)
+
+    def render_with_spans(
+        self, conv: Conversation, tokenizer: Any
+    ) -> tuple[list[Turn], list[list[Spans]]]:
+        """:meth:`render` plus, per message (turn 0 source, turn 0 target, ...) and per piece,
+        the character spans of the message's own text (user/assistant/observation content, a
+        function call's name and arguments): everything else is the template's markers (and the
+        system prompt), which marker-keeping truncation never cuts."""
+        spans: list[list[Spans]] = []
+        return self._render(conv, tokenizer, spans), spans
+
+    def _render(
+        self, conv: Conversation, tokenizer: Any, all_spans: list[list[Spans]] | None
+    ) -> list[Turn]:
         system = conv.system or self.default_system
         tools = conv.tools
         messages = conv.messages
         pieces: list[list[Piece]] = []
         for i, msg in enumerate(messages):
             out: list[Piece] = []
+            spans: list[Spans] | None = None if all_spans is None else []
             system_text = ""
             if i == 0:
-                self._fill(self.prefix, out, tokenizer)
+                self._fill(self.prefix, out, tokenizer, spans)
                 if system or tools:
                     body = system + (format_tools(tools) if tools else "")
                     if self.system_in_user:
                         first = self.system[0]
                         system_text = first.replace("{{content}}", body, 1)
-                    else:
-                        self._fill(self.system, out, tokenizer, content=body)
+                    else:  # the system prompt is not the message's text: no spans
+                        self._fill(self.system, out, tokenizer, spans, len(body), content=body)
             elif i % 2 == 0:
-                self._fill(self.separator, out, tokenizer)
+                self._fill(self.separator, out, tokenizer, spans)
             role = msg.role
             if role == "user":
-                self._fill(self.user, out, tokenizer, content=system_text + msg.content)
+                text = system_text + msg.content
+                self._fill(self.user, out, tokenizer, spans, len(system_text), content=text)
             elif role == "assistant":
-                self._fill(self.assistant, out, tokenizer, content=msg.content)
+                self._fill(self.assistant, out, tokenizer, spans, content=msg.content)
             elif role == "observation":
-                self._fill(self.observation or self.user, out, tokenizer, content=msg.content)
+                slots = self.observation or self.user
+                self._fill(slots, out, tokenizer, spans, content=msg.content)
             elif role == "function":
                 name, arguments = _function_fields(msg.content)
-                self._fill(self.function, out, tokenizer, name=name, arguments=arguments)
+                self._fill(self.function, out, tokenizer, spans, name=name, arguments=arguments)
             else:
                 raise TemplateError(
                     f"template {self.name!r}: unexpected role {role!r} in {conv.source} row "
                     f"{conv.row}; roles are user, assistant, function, observation"
                 )
             pieces.append(out)
+            if all_spans is not None and spans is not None:
+                all_spans.append(spans)
         if len(pieces) % 2:
             raise TemplateError(
                 f"{conv.source} row {conv.row}: a conversation must end with an answer "
@@ -244,6 +303,13 @@ class ChatTemplate:
     name: str = "hf"
     replace_eos: bool = False
     stop_words: tuple[str, ...] = ()
+
+    def render_with_spans(
+        self, conv: Conversation, tokenizer: Any
+    ) -> tuple[list[Turn], list[list[Spans]] | None]:
+        """:meth:`render` and ``None``: where a chat template put the text is not tracked, so
+        every token counts as the template's and truncation keeps MindSpeed's cut."""
+        return self.render(conv, tokenizer), None
 
     def render(self, conv: Conversation, tokenizer: Any) -> list[Turn]:
         """(source, target) text pieces found by rendering prefixes (see module docstring)."""

@@ -20,11 +20,16 @@ Worked example (``llama2``, one sample user "hi" / assistant "ok", ``--append-eo
     input_ids 1 518 25580 29962 7251 518 29914 25580 29962 3431 2 2      (last 2: the eod)
     labels    -100 (x9)                                    3431 2 2
 
-Truncation (``--overlong truncate``, default) is MindSpeed's ``Template._make_pairs``: with
+Truncation (``overlong="truncate"``, default) is MindSpeed's ``Template._make_pairs``: with
 budget ``L = seq_length`` (100000 when unset), turn by turn, ``max_t = max(int(L'*t/(s+t)), 1)``
 and ``max_s = L' - min(max_t, t)`` against the remaining budget ``L'``; turns after the budget is
-spent are dropped. It changes a sample iff its templated length exceeds ``seq_length``, and
-``--overlong drop`` drops exactly those samples instead; both are counted. ``--append-eod`` then
+spent are dropped. With ``keep_markers`` (packft's ``--overlong truncate``) the same shares
+apply to the user/assistant text only and every template marker of the kept turns stays
+(:mod:`packft.truncation`); without it, samples whose cut prompt lost a marker are counted
+(``truncated_marker_lost``). It changes a sample iff its templated length exceeds
+``seq_length``, and ``overlong="drop"`` drops exactly those samples instead; both are counted.
+The tokens each message keeps are a prefix (MindSpeed) or a mask (markers kept) over the
+message's tokens; one boolean index over the batch's token stream applies either. ``--append-eod`` then
 appends the eos id to input_ids and labels (trained), so a truncated sample can be
 ``seq_length + 1`` long, as in MindSpeed; the pack step owns its row capacity.
 
@@ -61,6 +66,7 @@ in the number of records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -91,6 +97,15 @@ from packft.shards import (  # noqa: F401  (ShardReader & co. are re-exported fo
 )
 from packft.shards import write_shard as write_shard_file
 from packft.templates import ChatTemplate, Template, get_template, load_tokenizer
+from packft.truncation import (  # noqa: F401  (infer_max_len & co. are re-exported)
+    check_flags,
+    count_marker_lost,
+    cut_keeping_markers,
+    flags_over_budget,
+    infer_max_len,
+    infer_seqlen,
+    truncate_turns,
+)
 
 DEFAULT_CUTOFF = 100_000  # MindSpeed's cutoff_len when --seq-length is not given
 
@@ -105,6 +120,9 @@ class TokenizeOptions:
     """Append eos to input_ids and labels of every sample (MindSpeed ``--append-eod``)."""
     overlong: Literal["truncate", "drop"] = "truncate"
     """Samples longer than seq_length: cut with MindSpeed's rule, or drop them."""
+    keep_markers: bool = False
+    """Cut inside the user/assistant text and keep every template marker of the kept turns
+    (packft's ``--overlong truncate``; :mod:`packft.truncation`) instead of MindSpeed's cut."""
     pair_cutoff: int | None = None
     """Then cut every (source, target) pair longer than this on its own with
     :func:`infer_seqlen` (MindSpeed's ``--neat-pack`` does it with ``seq_length - 1``)."""
@@ -121,6 +139,8 @@ class TokenizeOptions:
             problems.append(f"pair_cutoff must be >= 1 or None, got {self.pair_cutoff}")
         if self.overlong not in ("truncate", "drop"):
             problems.append(f"overlong must be 'truncate' or 'drop', got {self.overlong!r}")
+        if self.keep_markers and self.pair_cutoff is not None:
+            problems.append("keep_markers does not combine with pair_cutoff (MindSpeed's cut)")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 1:
@@ -143,6 +163,7 @@ class EncodedBatch:
     source_rows: np.ndarray  # int64
     truncated: int = 0
     dropped: int = 0
+    marker_lost: int = 0  # truncated samples whose prompt lost a template marker
 
     def to_record_batch(self) -> pa.RecordBatch:
         return record_batch(self.ids, self.labels, self.offsets, self.source_rows)
@@ -155,7 +176,9 @@ class TokenizeStats:
     samples_in: int = 0
     valid: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    repaired: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    truncated_marker_lost: int = 0
     dropped: int = 0
     written: int = 0
     tokens: int = 0
@@ -172,49 +195,6 @@ class TokenizeStats:
         data = asdict(self)
         data.pop("seconds")
         return json.dumps(data, sort_keys=True)
-
-
-# --- truncation (MindSpeed's infer_max_len / _make_pairs) ---------------------------------------
-
-
-def infer_max_len(
-    source_len: int, target_len: int, max_len: int, reserved: int = 1
-) -> tuple[int, int]:
-    """(max source, max target) tokens of one turn under budget ``max_len``, split by share."""
-    total = source_len + target_len
-    max_target = int(max_len * (target_len / total)) if total else 0
-    max_target = max(max_target, reserved)
-    return max_len - min(max_target, target_len), max_target
-
-
-def infer_seqlen(source_len: int, target_len: int, cutoff: int) -> tuple[int, int]:
-    """(source, target) kept of one pair cut alone to ``cutoff`` (LLaMA-Factory's rule).
-
-    A side shorter than half the cutoff is kept whole and the other side gets the rest; when
-    both are long the target gets its share of the cutoff. Pairs that fit are unchanged.
-    """
-    if 2 * target_len < cutoff:
-        max_target = cutoff
-    elif 2 * source_len < cutoff:
-        max_target = cutoff - source_len
-    else:
-        max_target = int(cutoff * (target_len / (source_len + target_len)))
-    target = min(max_target, target_len)
-    return min(max(cutoff - target, 0), source_len), target
-
-
-def truncate_turns(turn_lengths: list[tuple[int, int]], cutoff: int) -> list[tuple[int, int]]:
-    """Kept (source, target) lengths per turn; (0, 0) for turns dropped after the budget."""
-    kept, total = [], 0
-    for src, tgt in turn_lengths:
-        if total >= cutoff:
-            kept.append((0, 0))
-            continue
-        max_s, max_t = infer_max_len(src, tgt, cutoff - total)
-        s, t = min(src, max_s), min(tgt, max_t)
-        total += s + t
-        kept.append((s, t))
-    return kept
 
 
 # --- batch encoding ----------------------------------------------------------------------------
@@ -284,39 +264,56 @@ def encode_conversations(
     sample_len = np.bincount(m_sample, weights=msg_len, minlength=n).astype(np.int64)
 
     cutoff = options.seq_length or DEFAULT_CUTOFF
-    over = np.flatnonzero(sample_len > cutoff)
+    over = np.flatnonzero(sample_len > cutoff).tolist()
     keep_sample = np.ones(n, bool)
     keep_msg = msg_len.copy()
-    if len(over):
-        msg_first = np.searchsorted(m_sample, over)
-        for s, first in zip(over.tolist(), msg_first.tolist(), strict=True):
-            k = 2 * turns_per_sample[s]
-            if options.overlong == "drop":
-                keep_sample[s] = False
-                keep_msg[first : first + k] = 0
-                continue
-            lens = msg_len[first : first + k].tolist()
-            kept = truncate_turns(list(zip(lens[0::2], lens[1::2], strict=True)), cutoff)
-            keep_msg[first : first + k] = [x for pair in kept for x in pair]
+    msg_first = np.searchsorted(m_sample, np.arange(n))
+    masks: dict[int, np.ndarray] = {}  # message -> tokens kept, where a cut is not a prefix
+    token_counts = functools.cache(lambda: dict(zip(strings, str_lens.tolist(), strict=True)))
+    flags = flags_over_budget(
+        [convs[s] for s in over], template, tokenizer, options.overlong == "drop", token_counts
+    )
+    for s, sample_flags in zip(over, flags, strict=True):
+        first, k = int(msg_first[s]), 2 * turns_per_sample[s]
+        if options.overlong == "drop":
+            keep_sample[s] = False
+            keep_msg[first : first + k] = 0
+            continue
+        check_flags(sample_flags, msg_len[first : first + k], convs[s])
+        cut = cut_keeping_markers(sample_flags, cutoff) if options.keep_markers else None
+        if cut is not None:
+            masks.update(zip(range(first, first + k), cut, strict=True))
+            keep_msg[first : first + k] = [int(mask.sum()) for mask in cut]
+            continue
+        lens = msg_len[first : first + k].tolist()
+        kept = truncate_turns(list(zip(lens[0::2], lens[1::2], strict=True)), cutoff)
+        keep_msg[first : first + k] = [x for pair in kept for x in pair]
     if options.pair_cutoff is not None and n_msg:
         pairs = keep_msg.reshape(-1, 2)  # messages alternate source, target: one row per turn
         for p in np.flatnonzero(pairs.sum(axis=1) > options.pair_cutoff).tolist():
             pairs[p] = infer_seqlen(int(pairs[p, 0]), int(pairs[p, 1]), options.pair_cutoff)
     changed = np.bincount(m_sample, weights=keep_msg != msg_len, minlength=n) > 0
-    # Clip each occurrence to what its message keeps (message prefixes survive truncation).
-    msg_base = np.cumsum(msg_len) - msg_len
-    starts_excl = np.cumsum(occ_len) - occ_len
-    before = starts_excl - msg_base[occ_m]
-    new_len = np.clip(keep_msg[occ_m] - before, 0, occ_len)
+    marker_lost = count_marker_lost(
+        convs, template, tokenizer, changed & keep_sample, dict(zip(over, flags, strict=True)),
+        masks, msg_first, turns_per_sample, keep_msg, token_counts,
+    )  # fmt: skip
 
-    total = int(new_len.sum())
-    out_start = np.cumsum(new_len) - new_len
-    gather = np.repeat(occ_start - out_start, new_len) + np.arange(total, dtype=np.int64)
+    # Every token of the batch in order, then the ones each message keeps: a prefix of the
+    # message (MindSpeed's cut) or the marker-keeping mask.
+    total_full = int(occ_len.sum())
+    starts_excl = np.cumsum(occ_len) - occ_len
+    gather = np.repeat(occ_start - starts_excl, occ_len) + np.arange(total_full, dtype=np.int64)
+    if changed.any():
+        msg_base = np.cumsum(msg_len) - msg_len
+        position = np.arange(total_full, dtype=np.int64) - np.repeat(msg_base, msg_len)
+        keep = position < np.repeat(keep_msg, msg_len)
+        for m, mask in masks.items():
+            keep[msg_base[m] : msg_base[m] + msg_len[m]] = mask
+        gather = gather[keep]
     ids = values[gather]
-    trained = np.repeat(np.asarray(msg_trained, bool)[occ_m], new_len)
+    trained = np.repeat(np.asarray(msg_trained, bool), keep_msg)  # kept tokens, message by message
     labels = np.where(trained, ids, np.int32(IGNORE_INDEX)).astype(np.int32)
-    out_len = np.bincount(m_sample[occ_m], weights=new_len, minlength=n).astype(np.int64)
-    out_len = out_len[keep_sample]
+    out_len = np.bincount(m_sample, weights=keep_msg, minlength=n).astype(np.int64)[keep_sample]
 
     if options.append_eod:
         eos = np.int32(tokenizer.eos_token_id)
@@ -328,7 +325,8 @@ def encode_conversations(
     np.cumsum(out_len, out=offsets[1:])
     rows = np.fromiter((c.row for c in convs), np.int64, n)[keep_sample]
     truncated = int(np.count_nonzero(changed & keep_sample))
-    return EncodedBatch(ids, labels, offsets, rows, truncated, n - int(keep_sample.sum()))
+    dropped = n - int(keep_sample.sum())
+    return EncodedBatch(ids, labels, offsets, rows, truncated, dropped, marker_lost)
 
 
 # --- running: in-process or an ordered window over spawn workers --------------------------------
@@ -465,6 +463,7 @@ def tokenize_file(
     rejects_path: Path | None = None,
     on_invalid: Literal["skip", "fail"] = "skip",
     progress: Callable[[int], None] | None = None,
+    repair: Iterable[str] = (),
 ) -> TokenizeStats:
     """Read, validate, tokenize ``path`` into one Arrow shard at ``out_path`` (atomically).
 
@@ -479,6 +478,7 @@ def tokenize_file(
         rejects_path: JSONL of rejected records (default ``<out_path>.rejects.jsonl``).
         on_invalid: ``skip`` counts and logs invalid records, ``fail`` raises on the first.
         progress: called with the number of samples of each finished batch.
+        repair: ``--repair`` kinds (:mod:`packft.repairs`), counted in ``stats.repaired``.
 
     Returns:
         The run's :class:`TokenizeStats` (also stored in the shard, see :func:`read_stats`).
@@ -488,17 +488,19 @@ def tokenize_file(
             packft.formats.InvalidRecordError with ``on_invalid="fail"``.
     """
     from packft.formats import RejectLog, iter_conversations
+    from packft.repairs import parse_repairs
     from packft.sources import file_sha256, iter_record_batches
 
     started = time.perf_counter()
     path, out_path = Path(path), Path(out_path)
     get_template(template)  # unknown names fail before any work
+    repairs = parse_repairs(repair)
     tokenizer = load_tokenizer(tokenizer_path, template)
     stats = TokenizeStats(
         template=template,
         tokenizer_sha256=tokenizer_fingerprint(tokenizer, template),
         input_sha256=file_sha256(path),
-        options={**options.recorded(), "format": fmt, "map_keys": map_keys},
+        options={**options.recorded(), "format": fmt, "map_keys": map_keys, "repair": repairs},
     )
     rejects_path = rejects_path or out_path.with_name(out_path.name + ".rejects.jsonl")
 
@@ -509,12 +511,13 @@ def tokenize_file(
 
     with RejectLog(rejects_path, on_invalid) as rejects:
         records = counted(iter_record_batches(path, options.batch_size))
-        convs = iter_conversations(records, fmt, map_keys, rejects)
+        convs = iter_conversations(records, fmt, map_keys, rejects, repairs)
         encoded = tokenize_batches(convs, tokenizer_path, template, options, tokenizer)
 
         def finish(st: TokenizeStats) -> None:
             st.valid = rejects.valid
             st.rejected = dict(sorted(rejects.counts.items()))
+            st.repaired = dict(sorted(rejects.repaired.items()))
 
         write_encoded(out_path, encoded, stats, shard_header(stats, tokenizer), finish, progress)
     stats.seconds = time.perf_counter() - started
@@ -540,6 +543,7 @@ def write_encoded(
             lengths = np.diff(enc.offsets)
             stats.written += len(lengths)
             stats.truncated += enc.truncated
+            stats.truncated_marker_lost += enc.marker_lost
             stats.dropped += enc.dropped
             stats.tokens += int(lengths.sum())
             stats.supervised_tokens += int(np.count_nonzero(enc.labels != IGNORE_INDEX))

@@ -8,7 +8,8 @@ missing local file, a bad spec or an offline Hub lookup fail at once. ``packft.d
 retries within one attempt (resuming with HTTP Range); the task-level retries cover whole-attempt
 failures such as a server that is down for a minute.
 
-``validate`` is cached by the input's content digest, format, key map and ``on_invalid``; an
+``validate`` is cached by the input's content digest, format, key map, ``on_invalid`` and
+``repair`` (which decides what is rejected); an
 ``InvalidRecordError`` (``on_invalid: fail``) fails the run without retries, since re-reading the
 same bytes cannot help.
 """
@@ -81,7 +82,7 @@ def download(
     ]
 
 
-VALIDATE_FIELDS = ("handler_name", "map_keys", "on_invalid")
+VALIDATE_FIELDS = ("handler_name", "map_keys", "on_invalid", "repair")
 """PreprocessConfig fields that change what validation finds."""
 
 

@@ -3,7 +3,8 @@
 Wraps :func:`packft.preprocess.tokenize_input` (the CLI's step). The shard directory and the cache
 key are both derived from content: the input's SHA-256, the tokenizer directory's digest (every
 file), and the :data:`TOKENIZE_FIELDS` of the config (format, key map, template, seq_length,
-overlong, append_eod, on_invalid, neat_pack, pack_algorithm; not ``workers`` or any destination), plus the packft version
+overlong, append_eod, on_invalid, repair, neat_pack, pack_algorithm; not ``workers`` or any
+destination), plus the packft version
 (and, in the key, the task's source). So changing one of N input files
 re-tokenizes exactly that file, and renaming or touching a file re-tokenizes nothing.
 
@@ -42,6 +43,7 @@ TOKENIZE_FIELDS = (
     "overlong",
     "append_eod",
     "on_invalid",
+    "repair",  # --repair keeps records that would be rejected: other samples
     "neat_pack",  # with knapsack + drop, MindSpeed's per-pair neat-pack cut changes the shard
     "pack_algorithm",
 )
@@ -111,7 +113,9 @@ STAT_KEYS = (
     "samples_in",
     "valid",
     "rejected",
+    "repaired",
     "truncated",
+    "truncated_marker_lost",
     "dropped",
     "written",
     "tokens",

@@ -326,7 +326,7 @@ def test_rejects_file_lists_each_record_with_source_and_row(tmp_path: Path) -> N
     assert [(x["row"], x["reason"]) for x in lines] == [(1, "empty_answer"), (3, "missing_field")]
     assert lines[0]["source"] == str(data)
     assert lines[0]["record"] == ROWS[1]
-    assert lines[0]["message"] == f"{data}:1: empty_answer: the assistant turn is empty"
+    assert lines[0]["message"] == f"{data}:2: empty_answer: the assistant turn is empty"
     assert [p.name for p in rejects.parent.iterdir()] == ["rejects.jsonl"]  # no temp files left
 
 

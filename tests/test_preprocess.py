@@ -255,7 +255,7 @@ def test_invalid_records_are_counted_and_kept(tmp_path: Path, cache: Path) -> No
     assert len(rejects) == 1 and json.loads(rejects[0])["row"] == 1
     assert read_sft(tmp_path / "o")["input_ids"][0].shape == (64,)
     strict = cfg.model_copy(update={"on_invalid": "fail", "overwrite_cache": True})
-    with pytest.raises(ValueError, match="d.json:1"):
+    with pytest.raises(ValueError, match="d.json:2"):
         preprocess(strict)
 
 

@@ -330,7 +330,7 @@ def test_streaming_reads_ahead_at_most_one_batch(llama2_tokenizer_dir):
 def test_fail_mode_leaves_no_output(tmp_path, llama2_tokenizer_dir):
     data = _write_jsonl(tmp_path / "a.jsonl", [{"instruction": "a", "output": "b"}, {"x": 1}])
     out = tmp_path / "out" / "a.arrow"
-    with pytest.raises(InvalidRecordError, match=r"a\.jsonl:1: missing_field"):
+    with pytest.raises(InvalidRecordError, match=r"a\.jsonl:2: missing_field"):
         tokenize_file(
             data,
             out,
