@@ -1,6 +1,7 @@
 """``packft convert-ckpt``: Hugging Face <-> Megatron-mcore checkpoints (MindSpeed "torch" layout).
 
-Layout written and read (../shared/docs/reference.md section 4)::
+Layout written (../shared/docs/reference.md section 4), and read together with Megatron training
+saves (optimizer, RNG, ``release``) and ``--ckpt-format torch_dist`` (``packft.convert_read``)::
 
     save_dir/latest_checkpointed_iteration.txt                      "1"
     save_dir/iter_0000001/mp_rank_{tp:02d}[_{pp:03d}]/model_optim_rng.pt
@@ -17,8 +18,9 @@ config/tokenizer files from ``--hf-cfg-dir``.
 Guarantees. HF -> mcore -> HF is bit-identical for every tensor (no dtype change unless
 ``--params-dtype``). Impossible splits and unknown or missing tensors are reported, all at once,
 before anything is written. Output appears atomically; an existing ``--save-dir`` needs
-``--overwrite``. Megatron files are unpickled through an allow-list (``packft.convert_io``).
-Memory is about S/PP for the stage being built plus one layer.
+``--overwrite``, and an unwritable one is reported before any weights are read. Megatron files
+are unpickled through an allow-list (``packft.safe_pickle``): nothing in them runs. Memory is
+about S/PP for the stage being built plus one layer (one layer for torch_dist).
 
 Checked against megatron-core 0.12.2 in tests/test_megatron_interop.py: its ``GPTModel`` with
 the local layer spec loads these files with ``strict=True`` at TP 1 and 2 and reproduces the HF

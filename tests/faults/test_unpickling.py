@@ -269,3 +269,30 @@ def test_trainer_files(trained: dict[str, Any], tmp_path: Path, capsys, part: st
         next(ckpt.glob("*.distcp")).write_bytes(os.urandom(2048))
         what = "the checkpoint is corrupt"
     refused(resume_argv(trained, run), capsys, marker, what)
+
+
+def test_rng_files_of_older_packft_still_load_and_only_them(tmp_path: Path) -> None:
+    """RNG files written before RNG states became tensors hold numpy's state tuple: exactly its
+    globals are allowed for them (resume keeps working); another numpy object is refused."""
+    import random
+
+    import numpy as np
+
+    from packft.checkpoint import _legacy_numpy_globals, rng_state, set_rng_state
+    from packft.safe_pickle import UnsafeCheckpointError, load_weights_only
+
+    np.random.seed(11)
+    legacy = {"python": random.getstate(), "numpy": np.random.get_state(),
+              "torch": torch.get_rng_state()}  # fmt: skip
+    torch.save(legacy, tmp_path / "old.pt")
+    expected = np.random.random(3)
+    np.random.seed(0)
+    set_rng_state(load_weights_only(tmp_path / "old.pt", extra_globals=_legacy_numpy_globals()))
+    assert np.array_equal(np.random.random(3), expected)
+    torch.save(rng_state(), tmp_path / "new.pt")  # today's format: no numpy objects at all
+    expected = np.random.random(3)
+    set_rng_state(load_weights_only(tmp_path / "new.pt"))
+    assert np.array_equal(np.random.random(3), expected)
+    torch.save({"numpy": np.random.RandomState(1)}, tmp_path / "other.pt")
+    with pytest.raises(UnsafeCheckpointError, match="refused to unpickle the global numpy"):
+        load_weights_only(tmp_path / "other.pt", extra_globals=_legacy_numpy_globals())
