@@ -47,6 +47,7 @@ from packft.torch_dist import COMMON, DistCheckpoint, is_dist_checkpoint
 
 LayerStream = Iterator[tuple[int, dict[str, torch.Tensor]]]
 _MODEL_PREFIXES = ("embedding.", "decoder.", "output_layer.")
+_EMBEDDING = "model.embed_tokens.weight"
 
 
 def _layer_suffix(rest: str, spec: ModelSpec) -> str | None:
@@ -113,6 +114,12 @@ def iter_mcore_as_hf(
     """
     iter_dir = find_iteration_dir(load_dir)
     dist = DistCheckpoint(iter_dir) if is_dist_checkpoint(iter_dir) else None
+    if dist is not None and not any(k.startswith("decoder.layers.") for k in dist.shapes):
+        raise ConvertError(
+            f"{iter_dir} is a torch distributed checkpoint without Megatron decoder tensors "
+            f"(it stores {sorted(dist.shapes)[:3]} ...); packft reads Megatron's torch_dist and "
+            "torch formats (from torch_dcp, save again with --ckpt-format torch_dist)"
+        )
     grid = None if dist is not None else discover_ranks(iter_dir)
     head_file = iter_dir / COMMON if grid is None else grid[0][0]
     head = dist.common() if dist is not None else load_mcore_file(head_file)
@@ -203,5 +210,5 @@ def _dist_layers(
         layer = {suffix: ckpt.read(key, i) for suffix, key in stacked.items()}
         layer.update({suffix: ckpt.read(key) for suffix, key in per_layer.get(i, {}).items()})
         first, last = i == 0, i == spec.num_layers - 1
-        whole = {k: ckpt.read(k) for k in ends if first or last}
-        yield i, _to_hf(i, [layer], [whole], spec)
+        wanted = [k for k in ends if (first if k == GLOBAL_KEYS[_EMBEDDING] else last)]
+        yield i, _to_hf(i, [layer], [{k: ckpt.read(k) for k in wanted}], spec)

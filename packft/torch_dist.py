@@ -69,7 +69,10 @@ class DistCheckpoint:
         self.directory = directory
         info = directory / MEGATRON_METADATA
         if info.is_file():
-            backend = json.loads(info.read_text()).get("sharded_backend")
+            try:
+                backend = json.loads(info.read_text()).get("sharded_backend")
+            except (ValueError, AttributeError) as exc:
+                raise IntegrityError(f"{info} is not Megatron's metadata JSON ({exc})") from None
             if backend != "torch_dist":
                 raise IntegrityError(
                     f"{info} names the sharded backend {backend!r}; packft reads 'torch_dist' "
@@ -95,7 +98,10 @@ class DistCheckpoint:
     def _chunk(metadata: Any, key: str, chunk: Any) -> Chunk:
         from torch.distributed.checkpoint.metadata import MetadataIndex
 
-        where = metadata.storage_data[MetadataIndex(key, chunk.offsets)]
+        where = metadata.storage_data.get(MetadataIndex(key, chunk.offsets))
+        if where is None:
+            raise IntegrityError(f"{METADATA} lists a chunk of {key} at {list(chunk.offsets)} "
+                                 "but not where it is stored: the metadata is corrupt")  # fmt: skip
         return Chunk(tuple(chunk.offsets), tuple(chunk.sizes), where.relative_path,
                      where.offset, where.length, bool(getattr(where, "transform_descriptors", None)))  # fmt: skip
 
@@ -162,7 +168,7 @@ class DistCheckpoint:
             data = fh.read(c.length)
         if len(data) != c.length:
             raise IntegrityError(f"{path} is truncated: a tensor chunk ends past the file end")
-        tensor = load_weights_only(io.BytesIO(data), source=path)  # type: ignore[arg-type]
+        tensor = load_weights_only(io.BytesIO(data), source=path)
         if not isinstance(tensor, torch.Tensor):
             raise IntegrityError(f"{path}: the chunk at byte {c.start} is not a tensor")
         return tensor
@@ -200,7 +206,8 @@ def safe_dcp_load(state: dict[str, Any], checkpoint: Path) -> None:
 
     class SafePlanner(DefaultLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-            obj = load_weights_only(value, source=Path(checkpoint) / read_item.storage_index.fqn)  # type: ignore[arg-type]
+            item = Path(checkpoint) / read_item.storage_index.fqn  # names the entry in errors
+            obj = load_weights_only(value, source=item)
             fqn = read_item.dest_index.fqn
             if self.flatten_state_dict:
                 from torch.distributed.checkpoint._traverse import set_element

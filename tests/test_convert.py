@@ -29,6 +29,7 @@ from packft.convert_keys import ConvertError
 pytestmark = pytest.mark.filterwarnings(  # megatron-core's import-time notes (Megatron fixtures)
     "ignore:Transformer Engine and Apex are not installed:UserWarning",
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+    "ignore:torch.distributed is disabled:UserWarning",  # DCP fixtures written in one process
 )
 MODELS = {  # name: (transformers architecture prefix, config kwargs); 4 layers allow PP up to 4
     "llama2": tiny(LLAMA2, num_hidden_layers=4),
@@ -556,6 +557,11 @@ def test_checkpoint_errors_are_one_line(
     pt = mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
     pt.write_bytes(os.urandom(3000))
     fails([*mg_hf, "--load-dir", str(mg), "--save-dir", out], str(pt), "not a readable checkpoint")
+    import torch.distributed.checkpoint as dcp
+
+    plain_dcp = tmp_path / "dcp" / "iter_0000001"  # e.g. packft train's own checkpoints
+    dcp.save({"model.model.norm.weight": torch.ones(4)}, checkpoint_id=plain_dcp, no_dist=True)
+    fails([*mg_hf, "--load-dir", str(plain_dcp), "--save-dir", out], "without Megatron decoder")
     fails(["--load-dir", str(tmp_path / "nope"), "--save-dir", out], "nope does not exist")
     fails([*mg_hf, "--load-dir", str(tmp_path / "nope"), "--save-dir", out], "nope does not exist")
     (tmp_path / "file").write_text("x")

@@ -30,6 +30,10 @@ from packft.cli import main as cli_main
 from packft.convert import save_hf_as_mcore
 from packft.convert_io import load_mcore_file
 
+pytestmark = pytest.mark.filterwarnings(  # the DCP fixtures are written by one process
+    "ignore:torch.distributed is disabled:UserWarning"
+)
+
 
 class Smuggler:
     """Unpickling this runs ``touch MARKER`` (what a hostile checkpoint would do)."""
