@@ -22,6 +22,12 @@ and step from `latest`, and each rank's RNG when the world size is unchanged (ot
 RNG is kept; data order comes from the sampler state and is unaffected). A run killed after step
 k and resumed therefore ends with bit-identical weights to an uninterrupted run
 (tests/test_train.py).
+
+Nothing is unpickled into code. `trainer_state.pt` and `rng_rank*.pt` hold only tensors and plain
+values (the NumPy state as an int64 tensor plus scalars) and are read with
+`torch.load(weights_only=True)`; the DCP `.metadata` and non-tensor items go through
+:func:`packft.torch_dist.safe_dcp_load`. A file carrying any other global (a pickled
+`os.system` ...) is refused before it runs (tests/faults/test_unpickling.py).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from packft.atomic import atomic_write_bytes, fsync_dir
+from packft.safe_pickle import load_weights_only
 
 if TYPE_CHECKING:
     from packft.train import DistEnv, Parts, TrainConfig
@@ -58,24 +65,42 @@ def latest_checkpoint(cfg: TrainConfig) -> str | None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a step may draw from (Python, NumPy, torch, CUDA when present)."""
+    """Every RNG a step may draw from (Python, NumPy, torch, CUDA when present), as tensors and
+    plain values only, so the file loads with ``torch.load(weights_only=True)``."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next)
+        "numpy": {"bit_generator": kind, "key": torch.from_numpy(key.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
-    }
+    }  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured (or the NumPy tuple that packft <= 0.x stored)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        numpy_state = (numpy_state["bit_generator"], key, numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])  # fmt: skip
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _legacy_numpy_globals() -> list[Any]:
+    """Exactly what an ``np.random.get_state()`` tuple pickles (older packft RNG files): the
+    array reconstructor, ``ndarray`` and the uint32 dtype. Nothing else from numpy is allowed."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def barrier() -> None:
@@ -121,8 +146,9 @@ def load_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts) -> None:
     Raises:
         FileNotFoundError: no checkpoint under --save (the message says how to get one).
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from packft.torch_dist import safe_dcp_load
 
     found = latest_checkpoint(cfg)
     if found is None:
@@ -133,17 +159,17 @@ def load_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts) -> None:
     ckpt = Path(found)
     msd, osd = get_state_dict(p.model, p.optimizer)
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=ckpt)
+    safe_dcp_load(state, ckpt)  # DCP metadata and non-tensor items without arbitrary unpickling
     set_state_dict(
         p.model, p.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
     )
-    trainer = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    trainer = load_weights_only(ckpt / "trainer_state.pt")
     p.scheduler.load_state_dict(trainer["scheduler"])
     p.sampler.load_state_dict(trainer["sampler"])
     p.step = int(trainer["step"])
     rng = ckpt / f"rng_rank{env.rank:05d}.pt"
     if rng.exists():  # a different world size keeps the fresh RNG (data order is unaffected)
-        set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(load_weights_only(rng, extra_globals=_legacy_numpy_globals()))
     log.info("resumed from %s at step %d", ckpt, p.step)
 
 

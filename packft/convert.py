@@ -1,6 +1,7 @@
 """``packft convert-ckpt``: Hugging Face <-> Megatron-mcore checkpoints (MindSpeed "torch" layout).
 
-Layout written and read (../shared/docs/reference.md section 4)::
+Layout written (../shared/docs/reference.md section 4), and read together with Megatron training
+saves (optimizer, RNG, ``release``) and ``--ckpt-format torch_dist`` (``packft.convert_read``)::
 
     save_dir/latest_checkpointed_iteration.txt                      "1"
     save_dir/iter_0000001/mp_rank_{tp:02d}[_{pp:03d}]/model_optim_rng.pt
@@ -17,8 +18,9 @@ config/tokenizer files from ``--hf-cfg-dir``.
 Guarantees. HF -> mcore -> HF is bit-identical for every tensor (no dtype change unless
 ``--params-dtype``). Impossible splits and unknown or missing tensors are reported, all at once,
 before anything is written. Output appears atomically; an existing ``--save-dir`` needs
-``--overwrite``. Megatron files are unpickled through an allow-list (``packft.convert_io``).
-Memory is about S/PP for the stage being built plus one layer.
+``--overwrite``, and an unwritable one is reported before any weights are read. Megatron files
+are unpickled through an allow-list (``packft.safe_pickle``): nothing in them runs. Memory is
+about S/PP for the stage being built plus one layer (one layer for torch_dist).
 
 Checked against megatron-core 0.12.2 in tests/test_megatron_interop.py: its ``GPTModel`` with
 the local layer spec loads these files with ``strict=True`` at TP 1 and 2 and reproduces the HF
@@ -34,10 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,10 @@ from packft.convert_io import (
     MODEL_FILE,
     DictReader,
     HFReader,
-    UnsafeCheckpointError,
     atomic_dir,
     check_save_dir,
     copy_hf_side_files,
-    discover_ranks,
-    find_iteration_dir,
     hf_shard_name,
-    load_mcore_file,
     rank_dir_name,
     save_hf_shard,
     save_mcore_file,
@@ -64,25 +59,17 @@ from packft.convert_io import (
 from packft.convert_keys import (
     ARCHS,
     DTYPES,
-    GLOBAL_KEYS,
     HF_LAYER_PREFIX,
-    MG_ALIASES,
-    MG_IGNORED_SUFFIXES,
     MG_LAYER_PREFIX,
     ConvertError,
-    ModelSpec,
+    ConvertUsageError,
     args_from_spec,
     check_hf_keys,
-    hf_config_from_args,
     plan_stages,
     spec_from_hf_config,
 )
-from packft.convert_tensors import (
-    hf_ends_to_mcore,
-    hf_layer_to_mcore,
-    mcore_ends_to_hf,
-    mcore_layer_to_hf,
-)
+from packft.convert_read import iter_mcore_as_hf
+from packft.convert_tensors import hf_ends_to_mcore, hf_layer_to_mcore
 
 log = logging.getLogger(__name__)
 Reader = HFReader | DictReader
@@ -162,104 +149,6 @@ def hf_to_mcore(
 
 
 # ---------------------------------------------------------------------------------- mcore -> HF
-def _split_mcore_keys(state: dict[str, Any], spec: ModelSpec) -> tuple[dict, dict]:
-    """(layer local index -> suffix dict, whole-model dict); unknown keys are an error."""
-    layers: dict[int, dict[str, torch.Tensor]] = {}
-    ends: dict[str, torch.Tensor] = {}
-    known_ends = set(GLOBAL_KEYS.values())
-    known_layer = {mg for mg, _ in spec.layer_keys.values()}
-    unknown = []
-    for key, value in state.items():
-        if key.endswith(MG_IGNORED_SUFFIXES):
-            continue
-        m = re.fullmatch(re.escape(MG_LAYER_PREFIX) + r"(\d+)\.(.+)", key)
-        if m:
-            suffix = MG_ALIASES.get(m.group(2), m.group(2))
-            if suffix in known_layer:
-                layers.setdefault(int(m.group(1)), {})[suffix] = value
-                continue
-        elif key in known_ends:
-            ends[key] = value
-            continue
-        unknown.append(key)
-    if unknown:
-        raise ConvertError(f"unknown mcore tensors for a {spec.arch} model: {sorted(unknown)[:8]}")
-    return layers, ends
-
-
-def iter_mcore_as_hf(
-    load_dir: Path,
-    *,
-    hf_cfg: dict[str, Any] | None = None,
-    model_type_hf: str | None = None,
-) -> tuple[dict[str, Any], Iterator[tuple[int, dict[str, torch.Tensor]]]]:
-    """HF config plus a stream of ``(layer index, HF tensors of that layer)``.
-
-    The embedding comes with layer 0, the final norm and LM head with the last layer. Only one
-    pipeline stage's files are open (memory-mapped) at a time.
-    """
-    grid = discover_ranks(find_iteration_dir(load_dir))
-    head = load_mcore_file(grid[0][0])
-    if "model" not in head:
-        extra = " (virtual pipeline stages are not supported)" if "model0" in head else ""
-        raise ConvertError(f"{grid[0][0]} has no 'model' entry{extra}; keys: {sorted(head)}")
-    args = head.get("args")
-    if not isinstance(args, argparse.Namespace):
-        raise ConvertError(f"{grid[0][0]} has no argparse.Namespace 'args'; pass --hf-cfg-dir")
-    cfg = hf_cfg if hf_cfg is not None else hf_config_from_args(args, model_type_hf)
-    spec = spec_from_hf_config(cfg, model_type_hf or getattr(args, "model_type_hf", None))
-    tp, pp = len(grid[0]), len(grid)
-    checks = [
-        ("tensor_model_parallel_size", tp),
-        ("pipeline_model_parallel_size", pp),
-        ("num_layers", spec.num_layers),
-        ("hidden_size", spec.hidden_size),
-        ("ffn_hidden_size", spec.ffn_hidden_size),
-        ("num_attention_heads", spec.num_heads),
-        ("untie_embeddings_and_output_weights", not spec.tied),
-    ]
-    if getattr(args, "group_query_attention", False):
-        checks.append(("num_query_groups", spec.num_kv_heads))
-    mismatch = [
-        f"{name}: checkpoint args say {getattr(args, name)}, HF config implies {want}"
-        for name, want in checks
-        if getattr(args, name, want) != want
-    ]
-    if mismatch:
-        raise ConvertError(
-            f"{load_dir} does not match the HF config (wrong --hf-cfg-dir?): " + "; ".join(mismatch)
-        )
-    del head
-
-    def stream() -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-        start = 0
-        for stage in range(pp):
-            split = [_split_mcore_keys(load_mcore_file(p)["model"], spec) for p in grid[stage]]
-            local = sorted(split[0][0])
-            if local != list(range(len(local))) or any(sorted(s[0]) != local for s in split):
-                raise ConvertError(
-                    f"stage {stage}: layer numbers {local} are not 0..n-1 on every TP rank"
-                )
-            for j in local:
-                i = start + j
-                hf = {
-                    f"{HF_LAYER_PREFIX}{i}.{k}": v
-                    for k, v in mcore_layer_to_hf([s[0][j] for s in split], spec).items()
-                }
-                first, last = i == 0, i == spec.num_layers - 1
-                if first or last:
-                    hf.update(mcore_ends_to_hf([s[1] for s in split], spec, first=first, last=last))
-                yield i, hf
-            start += len(local)
-            del split
-        if start != spec.num_layers:
-            raise ConvertError(
-                f"{load_dir} holds {start} layers, the config says {spec.num_layers}"
-            )
-
-    return cfg, stream()
-
-
 def mcore_to_hf(
     load_dir: Path | str,
     save_dir: Path | str,
@@ -336,6 +225,9 @@ def save_hf_as_mcore(
     else:
         model_dir = Path(model_dir_or_state)
         check_save_dir(Path(save_dir), overwrite, model_dir)
+        if not model_dir.is_dir():
+            what = "is not a directory" if model_dir.exists() else "does not exist"
+            raise FileNotFoundError(f"--load-dir {model_dir} {what}; pass an HF model directory")
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(
                 f"{model_dir}/config.json is missing; pass an HF model directory"
@@ -414,38 +306,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one conversion; prints a one-line JSON summary, returns 0, or 2 with a clear error."""
+    """Run one conversion and print a one-line JSON summary. Errors propagate to ``packft.cli``,
+    which prints them as one line: exit 2 for impossible flags (``ConvertUsageError``), 1 for a
+    checkpoint that cannot be read, a refused pickle, an unwritable ``--save-dir`` ..."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    try:
-        if args.load_model_type == "hf" and args.save_model_type == "mg":
-            save_hf_as_mcore(
-                args.load_dir,
-                args.save_dir,
-                args.target_tensor_parallel_size,
-                args.target_pipeline_parallel_size,
-                num_layer_list=args.num_layer_list,
-                params_dtype=args.params_dtype,
-                model_type_hf=args.model_type_hf,
-                overwrite=args.overwrite,
-            )
-        elif args.load_model_type == "mg" and args.save_model_type == "hf":
-            mcore_to_hf(
-                args.load_dir,
-                args.save_dir,
-                hf_cfg_dir=args.hf_cfg_dir,
-                model_type_hf=args.model_type_hf,
-                params_dtype=args.params_dtype,
-                overwrite=args.overwrite,
-            )
-        else:
-            raise ConvertError(
-                f"--load-model-type {args.load_model_type} --save-model-type "
-                f"{args.save_model_type} is not supported; use hf->mg or mg->hf"
-            )
-    except (ConvertError, FileNotFoundError, FileExistsError, UnsafeCheckpointError) as exc:
-        print(f"packft convert-ckpt: error: {exc}", file=sys.stderr)
-        return 2
+    if args.load_model_type == "hf" and args.save_model_type == "mg":
+        save_hf_as_mcore(
+            args.load_dir,
+            args.save_dir,
+            args.target_tensor_parallel_size,
+            args.target_pipeline_parallel_size,
+            num_layer_list=args.num_layer_list,
+            params_dtype=args.params_dtype,
+            model_type_hf=args.model_type_hf,
+            overwrite=args.overwrite,
+        )
+    elif args.load_model_type == "mg" and args.save_model_type == "hf":
+        mcore_to_hf(
+            args.load_dir,
+            args.save_dir,
+            hf_cfg_dir=args.hf_cfg_dir,
+            model_type_hf=args.model_type_hf,
+            params_dtype=args.params_dtype,
+            overwrite=args.overwrite,
+        )
+    else:
+        raise ConvertUsageError(
+            f"--load-model-type {args.load_model_type} --save-model-type "
+            f"{args.save_model_type} is not supported; use hf->mg or mg->hf"
+        )
     summary = {"save_dir": str(args.save_dir), "seconds": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary))
     return 0

@@ -2,41 +2,51 @@
 
 * HF weights are read one tensor at a time: safetensors through ``safe_open`` (only the requested
   tensor is copied out of the file), ``.bin`` through ``torch.load(weights_only=True, mmap=True)``.
-* Megatron/MindSpeed ``model_optim_rng.pt`` files are pickled with protocol 4 and carry an
-  ``argparse.Namespace``, which torch's weights-only loader rejects. They are read through
-  ``RESTRICTED_PICKLE``, handed to ``torch.load`` as its ``pickle_module``: its unpickler resolves
-  only tensor/storage rebuild functions, torch dtypes and ``Size``, ``OrderedDict``,
-  ``argparse.Namespace`` and plain builtin types. Names from Megatron, MindSpeed, Transformer Engine
-  and numpy (enums in Megatron's args such as ``AttnBackend``, numpy RNG state, TE's ``BytesIO``
-  extra state) are never imported or called: they load as inert ``Opaque`` records. Any other
-  global (``os.system``, ``builtins.eval``, ...) stops the load with ``UnsafeCheckpointError``
-  naming it. Files are
-  memory-mapped, so a stage's shards cost page cache, not heap.
+  A missing, unreadable or corrupt shard is one error naming the file.
+* Megatron/MindSpeed ``model_optim_rng.pt`` files (and torch_dist ``common.pt``) carry an
+  ``argparse.Namespace`` with torch dtypes and Megatron enums, ``collections.defaultdict``,
+  optimizer, scheduler and RNG state; torch's weights-only loader rejects them. They are read
+  through the allow-list unpickler of :mod:`packft.safe_pickle` (nothing outside it is imported or
+  called; Megatron/numpy objects load as inert records), memory-mapped so a stage's shards cost
+  page cache, not heap. torch_dist directories are read by :mod:`packft.torch_dist`.
+* Layout: ``latest_checkpointed_iteration.txt`` names ``iter_{n:07d}`` or ``release``;
+  ``--load-dir`` may also be one iteration directory itself.
 * Output directories appear atomically: everything is written into a temporary sibling directory,
-  fsynced, then renamed over the target (``atomic_dir``).
+  fsynced, then renamed over the target (``atomic_dir``). Before any work, ``check_save_dir``
+  refuses an existing target (without ``--overwrite``) and probes that the target's file system
+  is writable.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
+import errno
 import json
 import os
-import pickle
 import re
 import shutil
 import tempfile
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from packft.convert_keys import ConvertError
+from packft.errors import PackftError, describe_os_error
+from packft.faults import inject
+from packft.safe_pickle import (  # noqa: F401 (re-exported: they lived here)
+    RESTRICTED_PICKLE,
+    CorruptCheckpointError,
+    Opaque,
+    UnsafeCheckpointError,
+    load_restricted,
+    load_weights_only,
+)
+from packft.torch_dist import METADATA, is_dist_checkpoint
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 MODEL_FILE = "model_optim_rng.pt"
@@ -45,91 +55,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 
 
 # ------------------------------------------------------------------------------------ safe pickle
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint references a Python global that a weights file has no reason to contain."""
-
-
-class Opaque:
-    """Inert stand-in for a Megatron/MindSpeed/numpy object: records its name, runs nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs, self.state = args, kwargs, None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"Opaque({self.qualname}, args={self.args!r})"
-
-    qualname = "?"
-
-
-_TORCH_FUNCS = {
-    ("torch._utils", n)
-    for n in (
-        "_rebuild_tensor",
-        "_rebuild_tensor_v2",
-        "_rebuild_tensor_v3",
-        "_rebuild_parameter",
-        "_rebuild_parameter_with_state",
-    )
-}
-_PLAIN = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("argparse", "Namespace"): argparse.Namespace,
-    ("_codecs", "encode"): __import__("_codecs").encode,  # protocol-2 pickles spell bytes this way
-    ("torch", "Size"): torch.Size,
-    ("torch", "device"): torch.device,
-}
-_BUILTIN_TYPES = {"set", "frozenset", "list", "dict", "tuple", "int", "float", "bool", "str"}
-_BUILTIN_TYPES |= {"bytes", "bytearray", "complex"}
-_OPAQUE_PREFIXES = ("megatron", "mindspeed", "mindspeed_llm", "transformer_engine", "numpy")
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _TORCH_FUNCS:
-            return getattr(torch._utils, name)
-        if (module, name) in _PLAIN:
-            return _PLAIN[(module, name)]
-        if module == "builtins" and name in _BUILTIN_TYPES:
-            return getattr(__import__("builtins"), name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module.split(".")[0] in _OPAQUE_PREFIXES or (module, name) == ("_io", "BytesIO"):
-            return type(name, (Opaque,), {"qualname": f"{module}.{name}"})
-        raise UnsafeCheckpointError(
-            f"refused to unpickle the global {module}.{name}: a weights checkpoint only needs "
-            "tensors, OrderedDict, argparse.Namespace and plain types, so this file may run code "
-            "when loaded. Do not load it unless you know where it came from."
-        )
-
-
-def _restricted_load(file: Any, **kwargs: Any) -> Any:
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-RESTRICTED_PICKLE = types.ModuleType("packft_restricted_pickle")
-RESTRICTED_PICKLE.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-RESTRICTED_PICKLE.load = _restricted_load  # type: ignore[attr-defined]
-
-
 def load_mcore_file(path: Path) -> dict[str, Any]:
-    """Read one ``model_optim_rng.pt`` safely (restricted unpickler), memory-mapped when possible.
+    """Read one ``model_optim_rng.pt`` (or a torch_dist ``common.pt``) through the allow-list.
 
     Raises:
         UnsafeCheckpointError: the file references a global outside the allow-list (names it).
+        CorruptCheckpointError: the file is not a torch checkpoint (truncated, random bytes).
     """
-    kwargs: dict[str, Any] = dict(map_location="cpu", pickle_module=RESTRICTED_PICKLE)
-    try:
-        try:
-            obj = torch.load(path, weights_only=False, mmap=True, **kwargs)
-        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(exc) and "zip" not in str(exc):
-                raise
-            obj = torch.load(path, weights_only=False, **kwargs)
-    except UnsafeCheckpointError as exc:
-        raise UnsafeCheckpointError(f"{path}: {exc}") from None
+    obj = load_restricted(path)
     if not isinstance(obj, dict):
         raise ConvertError(f"{path} holds a {type(obj).__name__}, not a Megatron checkpoint dict")
     return obj
@@ -141,16 +74,39 @@ def rank_dir_name(tp_rank: int, pp_rank: int, pp: int) -> str:
     return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp > 1 else "")
 
 
+def is_iteration_dir(path: Path) -> bool:
+    """An ``iter_*``/``release`` directory itself: rank directories or a torch_dist checkpoint."""
+    return path.is_dir() and (
+        is_dist_checkpoint(path) or any(p.name.startswith("mp_rank_") for p in path.iterdir())
+    )
+
+
 def find_iteration_dir(load_dir: Path) -> Path:
-    """The directory ``latest_checkpointed_iteration.txt`` names (``iter_0000001``, ``release``)."""
+    """The directory ``latest_checkpointed_iteration.txt`` names (``iter_0000001``, ``release``),
+    or ``load_dir`` itself when it is one iteration directory (as Megatron's own loader resolves
+    it: an integer means ``iter_{n:07d}``, the word ``release`` the ``release`` directory)."""
+    if not load_dir.is_dir():
+        what = "is not a directory" if load_dir.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"--load-dir {load_dir} {what}; pass a Megatron checkpoint directory"
+        )
+    if is_iteration_dir(load_dir):
+        return load_dir
     latest = load_dir / LATEST_FILE
     if not latest.is_file():
-        found = sorted(p.name for p in load_dir.iterdir()) if load_dir.is_dir() else []
+        found = sorted(p.name for p in load_dir.iterdir())
+        iters = [n for n in found if n == "release" or n.startswith("iter_")]
+        hint = f" or one iteration directory, e.g. {load_dir / iters[-1]}" if iters else ""
         raise FileNotFoundError(
             f"{latest} is missing, so {load_dir} is not a Megatron checkpoint (it holds: "
-            f"{found[:10] or 'nothing'}). Pass the directory that contains {LATEST_FILE}."
+            f"{found[:10] or 'nothing'}). Pass the directory that contains {LATEST_FILE}{hint}."
         )
-    text = latest.read_text().strip()
+    text = latest.read_text(errors="replace").strip()
+    if text != "release" and not text.isdigit():
+        raise ConvertError(
+            f"{latest} holds {text[:40]!r}, not an iteration number or 'release' (Megatron "
+            "writes one of those); fix the file or pass the iteration directory as --load-dir"
+        )
     name = "release" if text == "release" else f"iter_{int(text):07d}"
     if not (load_dir / name).is_dir():
         raise FileNotFoundError(f"{latest} says {text!r} but {load_dir / name} does not exist")
@@ -171,11 +127,8 @@ def discover_ranks(iter_dir: Path) -> list[list[Path]]:
         ranks[(int(m.group(2) or 0), int(m.group(1)))] = d / MODEL_FILE
     if not ranks:
         hint = ""
-        if list(iter_dir.glob("*.distcp")) or (iter_dir / ".metadata").exists():
-            hint = (
-                ": it is a torch_dist (distributed) checkpoint; packft reads the 'torch' format, "
-                "so save with --ckpt-format torch (or convert it with Megatron first)"
-            )
+        if list(iter_dir.glob("*.distcp")):
+            hint = f": it looks like a distributed checkpoint without its {METADATA} (incomplete)"
         raise FileNotFoundError(f"no mp_rank_* directories in {iter_dir}{hint}")
     pp = max(p for p, _ in ranks) + 1
     tp = max(t for _, t in ranks) + 1
@@ -207,10 +160,12 @@ class HFReader:
         self.model_dir = model_dir
         self.key_file: dict[str, Path] = {}
         self._bin: tuple[Path, dict[str, torch.Tensor]] | None = None
+        if not model_dir.is_dir():
+            what = "is not a directory" if model_dir.exists() else "does not exist"
+            raise FileNotFoundError(f"--load-dir {model_dir} {what}; pass an HF model directory")
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (model_dir / index).is_file():
-                weight_map = json.loads((model_dir / index).read_text())["weight_map"]
-                self.key_file = {k: model_dir / f for k, f in weight_map.items()}
+                self.key_file = _read_index(model_dir / index)
                 return
         files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
         if not files:
@@ -221,7 +176,7 @@ class HFReader:
             )
         for f in files:
             if f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt") as handle:
+                with _safetensors(f) as handle:
                     self.key_file.update(dict.fromkeys(handle.keys(), f))
             else:
                 self.key_file.update(dict.fromkeys(self._load_bin(f), f))
@@ -229,10 +184,11 @@ class HFReader:
     def _load_bin(self, path: Path) -> dict[str, torch.Tensor]:
         if self._bin is None or self._bin[0] != path:
             self._bin = None
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # pre-zip .bin files cannot be memory-mapped
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_weights_only(path, mmap=True)  # pre-zip .bin files are read, not mapped
+            if not isinstance(sd, dict):
+                raise CorruptCheckpointError(
+                    f"{path} holds a {type(sd).__name__}, not a state dict"
+                )
             self._bin = (path, sd)
         return self._bin[1]
 
@@ -243,8 +199,35 @@ class HFReader:
         path = self.key_file[key]
         if path.suffix != ".safetensors":
             return self._load_bin(path)[key]
-        with safe_open(str(path), framework="pt") as handle:
+        with _safetensors(path) as handle:
             return handle.get_tensor(key)
+
+
+def _read_index(index: Path) -> dict[str, Path]:
+    """``weight_map`` of an HF index file: tensor name -> shard path."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {k: index.parent / f for k, f in weight_map.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptCheckpointError(
+            f"{index} is not an HF index (JSON with a 'weight_map' object): {exc}"
+        ) from None
+
+
+@contextmanager
+def _safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open`` whose failures (missing, unreadable, corrupt header) name the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing (the model's index lists it)")
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise CorruptCheckpointError(
+            f"{path} cannot be read as safetensors ({exc}); it is unreadable, truncated or "
+            "corrupt: copy it again from its source"
+        ) from None
+    with handle:
+        yield handle
 
 
 class DictReader:
@@ -301,6 +284,25 @@ def check_save_dir(save_dir: Path, overwrite: bool, load_dir: Path | None = None
             f"--save-dir {save_dir} already exists; pass --overwrite to replace it, "
             "or choose a new directory"
         )
+    check_writable(save_dir)
+
+
+def check_writable(save_dir: Path) -> None:
+    """Create and remove a probe directory where ``save_dir`` will appear, so a read-only or
+    full file system stops the command before any conversion work, in one line."""
+    target = save_dir.absolute().parent
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "--save-dir is inside a file", str(target))
+    try:
+        inject("convert.save_dir.probe", target)
+        os.rmdir(tempfile.mkdtemp(prefix=".packft-probe-", dir=target))
+    except OSError as exc:
+        raise PackftError(
+            f"--save-dir {save_dir} cannot be created: {describe_os_error(exc)}. Choose a "
+            "writable --save-dir (nothing was converted)"
+        ) from exc
 
 
 def _fsync_dir(path: Path | str) -> None:

@@ -114,6 +114,12 @@ class ConvertError(ValueError):
     """A checkpoint or a requested layout that cannot be converted; the message says what to do."""
 
 
+class ConvertUsageError(ConvertError):
+    """A flag asks for something impossible (a TP/PP split, a wrong --model-type-hf): exit 2."""
+
+    exit_code = 2
+
+
 # ------------------------------------------------------------------------------------ model shape
 @dataclass(frozen=True)
 class ModelSpec:
@@ -159,9 +165,9 @@ def detect_arch(cfg: dict[str, Any], requested: str | None = None) -> str:
         )
     if requested is not None:
         if requested not in ARCHS:
-            raise ConvertError(f"--model-type-hf {requested!r} is not one of: {SUPPORTED}")
+            raise ConvertUsageError(f"--model-type-hf {requested!r} is not one of: {SUPPORTED}")
         if requested not in matches:
-            raise ConvertError(
+            raise ConvertUsageError(
                 f"--model-type-hf {requested} expects HF model_type "
                 f"{ARCHS[requested].hf_model_type!r} but config.json says {model_type!r}; "
                 f"use --model-type-hf {matches[0]} or drop the flag"
@@ -260,28 +266,54 @@ def args_from_spec(
     return ns
 
 
+# HF config fields MindSpeed's converter copies into ``args`` verbatim (its args hold the HF config).
+_HF_FIELDS_IN_ARGS = (
+    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "rms_norm_eps", "rope_theta",
+    "max_position_embeddings", "initializer_range", "attention_dropout", "torch_dtype", "dtype",
+)  # fmt: skip
+
+
+def _arg(ns: argparse.Namespace, *names: str) -> Any:
+    """The first of ``names`` that ``ns`` holds (Megatron's name first, then HF's)."""
+    for name in names:
+        if getattr(ns, name, None) is not None:
+            return getattr(ns, name)
+    raise ConvertError(
+        f"the checkpoint args have no {names[0]} (nor {', '.join(names[1:]) or 'an alias'}), so "
+        "the HF config cannot be rebuilt from them; pass --hf-cfg-dir with the model's config.json"
+    )
+
+
 def hf_config_from_args(ns: argparse.Namespace, requested: str | None = None) -> dict[str, Any]:
-    """Rebuild an HF ``config.json`` dict from Megatron args (ours carry it verbatim)."""
+    """Rebuild an HF ``config.json`` dict from Megatron args (packft's carry it verbatim; MindSpeed's
+    carry the HF fields beside Megatron's names)."""
     saved = getattr(ns, "hf_config_json", None)
     cfg: dict[str, Any] = json.loads(saved) if isinstance(saved, str) else {}
+    if not cfg:
+        cfg = {k: getattr(ns, k) for k in _HF_FIELDS_IN_ARGS if getattr(ns, k, None) is not None}
     arch = requested or getattr(ns, "model_type_hf", None)
     if arch is None:
         arch = "qwen2" if getattr(ns, "add_qkv_bias", False) else "llama2"
     if arch not in ARCHS:
         raise ConvertError(f"checkpoint args name model_type_hf={arch!r}; supported: {SUPPORTED}")
-    heads = int(ns.num_attention_heads)
-    groups = int(ns.num_query_groups) if getattr(ns, "group_query_attention", False) else heads
-    hidden = int(ns.hidden_size)
+    heads = int(_arg(ns, "num_attention_heads"))
+    if getattr(ns, "group_query_attention", False):
+        groups = int(_arg(ns, "num_query_groups"))
+    else:  # MindSpeed leaves group_query_attention False but keeps HF's num_key_value_heads
+        groups = int(getattr(ns, "num_key_value_heads", None) or heads)
+    hidden = int(_arg(ns, "hidden_size"))
     cfg.update(
         model_type=ARCHS[arch].hf_model_type,
-        num_hidden_layers=int(ns.num_layers),
+        num_hidden_layers=int(_arg(ns, "num_layers", "num_hidden_layers")),
         hidden_size=hidden,
-        intermediate_size=int(ns.ffn_hidden_size),
+        intermediate_size=int(_arg(ns, "ffn_hidden_size", "intermediate_size")),
         num_attention_heads=heads,
         num_key_value_heads=groups,
-        head_dim=int(getattr(ns, "kv_channels", None) or hidden // heads),
-        vocab_size=int(cfg.get("vocab_size") or ns.padded_vocab_size),
-        tie_word_embeddings=not bool(ns.untie_embeddings_and_output_weights),
+        head_dim=int(
+            getattr(ns, "kv_channels", None) or getattr(ns, "head_dim", None) or hidden // heads
+        ),  # fmt: skip
+        vocab_size=int(cfg.get("vocab_size") or _arg(ns, "vocab_size", "padded_vocab_size")),
+        tie_word_embeddings=not bool(_arg(ns, "untie_embeddings_and_output_weights")),
         hidden_act="silu",
     )
     cfg.setdefault("max_position_embeddings", int(getattr(ns, "max_position_embeddings", 4096)))
@@ -339,7 +371,7 @@ def plan_stages(spec: ModelSpec, tp: int, pp: int, num_layer_list: str | None = 
     else:
         layers = [spec.num_layers // pp] * pp
     if problems:
-        raise ConvertError("cannot split this model:\n  - " + "\n  - ".join(problems))
+        raise ConvertUsageError("cannot split this model:\n  - " + "\n  - ".join(problems))
     return layers
 
 

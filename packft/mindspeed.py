@@ -160,11 +160,10 @@ def hf_config_of(cfg: Any) -> dict[str, Any]:
     """HF config dict of --model, or rebuilt from the args stored in the --load checkpoint."""
     if cfg.model:
         return json.loads((Path(cfg.model) / "config.json").read_text())
-    from packft.convert_io import discover_ranks, find_iteration_dir, load_mcore_file
-    from packft.convert_keys import hf_config_from_args
+    from packft.convert_read import iter_mcore_as_hf
 
-    first = discover_ranks(find_iteration_dir(Path(cfg.load)))[0][0]
-    return hf_config_from_args(load_mcore_file(first)["args"])
+    config, _ = iter_mcore_as_hf(Path(cfg.load))  # torch or torch_dist; no weights are read
+    return config
 
 
 def run_mindspeed(cfg: Any) -> int:

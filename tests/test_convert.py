@@ -7,6 +7,7 @@ transformers in the tests.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -22,9 +23,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from packft.cli import main as cli_main
 from packft.convert import load_mcore_as_hf, mcore_to_hf, save_hf_as_mcore
-from packft.convert_io import UnsafeCheckpointError, load_mcore_file
+from packft.convert_io import load_mcore_file
 from packft.convert_keys import ConvertError
 
+pytestmark = pytest.mark.filterwarnings(  # megatron-core's import-time notes (Megatron fixtures)
+    "ignore:Transformer Engine and Apex are not installed:UserWarning",
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+    "ignore:torch.distributed is disabled:UserWarning",  # DCP fixtures written in one process
+)
 MODELS = {  # name: (transformers architecture prefix, config kwargs); 4 layers allow PP up to 4
     "llama2": tiny(LLAMA2, num_hidden_layers=4),
     "llama3": tiny(LLAMA3, num_hidden_layers=4),
@@ -321,49 +327,6 @@ def test_existing_save_dir_needs_overwrite(hf_dirs: dict[str, Path], tmp_path: P
     assert [p.name for p in tmp_path.iterdir()] == ["mg"]  # no temp dirs left behind
 
 
-class Smuggler:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_restricted_unpickler_refuses_foreign_globals(
-    hf_dirs: dict[str, Path], tmp_path: Path
-) -> None:
-    mg = tmp_path / "mg"
-    save_hf_as_mcore(hf_dirs["qwen2-untied"], mg)
-    pt = mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
-    obj = load_mcore_file(pt)
-    marker = tmp_path / "pwned"
-    obj["args"].evil = Smuggler(marker)
-    torch.save(obj, tmp_path / "evil.pt", pickle_protocol=4)
-    os.replace(tmp_path / "evil.pt", pt)  # never write over a file that is still memory-mapped
-    with pytest.raises(
-        UnsafeCheckpointError, match=r"refused to unpickle the global posix\.system"
-    ):
-        load_mcore_file(pt)
-    assert not marker.exists()
-    assert (
-        cli_main(
-            [
-                "convert-ckpt",
-                "--load-model-type",
-                "mg",
-                "--save-model-type",
-                "hf",
-                "--load-dir",
-                str(mg),
-                "--save-dir",
-                str(tmp_path / "hf"),
-            ]
-        )
-        == 2
-    )
-    assert not marker.exists() and not (tmp_path / "hf").exists()
-
-
 def test_cli_both_directions(hf_dirs: dict[str, Path], tmp_path: Path, capsys) -> None:
     src = hf_dirs["llama3"]
     mg, back = tmp_path / "mg", tmp_path / "back"
@@ -418,65 +381,78 @@ def test_cli_both_directions(hf_dirs: dict[str, Path], tmp_path: Path, capsys) -
     assert "--model-type-hf qwen2 expects HF model_type 'qwen2'" in capsys.readouterr().err
 
 
-def test_reads_checkpoints_written_by_training(tmp_path: Path, monkeypatch) -> None:
-    """A MindSpeed/Megatron training save: other iteration, TE norm names, ``_extra_state``,
-    enums from megatron in args, torch dtypes, numpy RNG state, args without our HF config."""
-    import enum
-    import sys
-    import types
+MINDSPEED_CKPT = "mindspeed_ckpt/llama2_mg_tp1pp1"
+MINDSPEED_HF = "mindspeed_ckpt/tiny_llama2_hf"
 
-    import numpy as np
 
-    fake = types.ModuleType("megatron.core.transformer.enums")
-    AttnBackend = enum.Enum("AttnBackend", "flash fused unfused local auto")
-    AttnBackend.__module__ = fake.__name__
-    fake.AttnBackend = AttnBackend
-    for name in ("megatron", "megatron.core", "megatron.core.transformer"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+@pytest.mark.parametrize("with_cfg", [True, False], ids=["hf-cfg-dir", "args-only"])
+def test_real_mindspeed_checkpoint_converts_back_bit_exact(
+    assets_dir: Path, tmp_path: Path, capsys, with_cfg: bool
+) -> None:
+    """MindSpeed-LLM's convert_ckpt_v2.py output (its pickle holds collections.defaultdict) ->
+    exactly the bf16 HF tensors it was made from, with --hf-cfg-dir or from its args alone."""
+    src, hf = assets_dir / MINDSPEED_CKPT, assets_dir / MINDSPEED_HF
+    pt = src / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
+    assert type(load_mcore_file(pt)["model"]) is collections.defaultdict
+    out = tmp_path / "hf"
+    cmd = ["convert-ckpt", "--load-model-type", "mg", "--save-model-type", "hf",
+           "--load-dir", str(src), "--save-dir", str(out)]  # fmt: skip
+    assert cli_main(cmd + (["--hf-cfg-dir", str(hf)] if with_cfg else [])) == 0
+    assert json.loads(capsys.readouterr().out)["save_dir"] == str(out)
+    assert_identical(load_file(hf / "model.safetensors"), hf_tensors(out))
+    config = json.loads((out / "config.json").read_text())
+    want = json.loads((hf / "config.json").read_text())
+    for key in ("num_key_value_heads", "intermediate_size", "vocab_size", "rms_norm_eps"):
+        assert config[key] == want[key], key
+    _, state = load_mcore_as_hf(src)  # what `packft train --load` reads
+    assert_identical(state, {k: v for k, v in load_file(hf / "model.safetensors").items()})
 
-    model = build("qwen2")
-    mg = tmp_path / "mg"
-    save_hf_as_mcore(model.state_dict(), mg, 2, 2, config=model.config)
-    trained = tmp_path / "trained"
-    for pt in sorted(mg.glob("iter_0000001/*/model_optim_rng.pt")):
-        obj = load_mcore_file(pt)
-        args = obj["args"]
-        del args.hf_config_json, args.model_type_hf  # as a foreign converter would write them
-        args.attention_backend, args.params_dtype = AttnBackend.auto, torch.bfloat16
-        state = {}
-        for k, v in obj["model"].items():
-            k = k.replace("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight")
-            k = k.replace("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight")
-            state[k] = v.clone()
-            if k.endswith("linear_qkv.weight"):
-                state[k.replace("weight", "_extra_state")] = None
-        obj.update(model=state, iteration=500, rng_state=[{"np_rng_state": np.random.get_state()}])
-        out = trained / "iter_0000500" / pt.parent.name / pt.name
-        out.parent.mkdir(parents=True)
-        torch.save(obj, out)  # Megatron's own save: default pickle protocol
-    (trained / "latest_checkpointed_iteration.txt").write_text("500")
-    for name in ("megatron", "megatron.core", "megatron.core.transformer", fake.__name__):
-        monkeypatch.delitem(sys.modules, name)  # the loader must not need megatron
 
-    loaded = load_mcore_file(next(trained.glob("iter_0000500/*/model_optim_rng.pt")))
-    backend = loaded["args"].attention_backend  # an inert record: nothing was imported or run
-    assert backend.qualname == "megatron.core.transformer.enums.AttnBackend" and backend.args == (
-        5,
-    )
-    cfg, state = load_mcore_as_hf(trained)
-    assert type(cfg) is Qwen2Config and cfg.rms_norm_eps == 1e-5
-    clone = Qwen2ForCausalLM(cfg).eval()
-    clone.load_state_dict(state, strict=False)
-    ids = torch.randint(0, 64, (1, 10))
-    with torch.no_grad():
-        assert torch.equal(clone(ids).logits, model(ids).logits)
-    mcore_to_hf(trained, tmp_path / "hf")  # no --hf-cfg-dir: config.json from the args
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "qwen2"
-    assert_identical(
-        {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
-        hf_tensors(tmp_path / "hf"),
-    )
+TRAINING_VARIANTS = {  # name: (TP, PP, write_training_checkpoint options)
+    "full-tp2pp2": (2, 2, {}),
+    "no-save-optim": (2, 1, dict(no_save_optim=True)),
+    "no-save-rng": (1, 2, dict(no_save_rng=True)),
+    "release-te-distrib-optim": (2, 1, dict(release=True, te=True, distributed_optimizer=True)),
+    "padded-vocab": (1, 1, dict(pad_vocab_to=128)),
+}
+
+
+@pytest.mark.parametrize("variant", list(TRAINING_VARIANTS))
+def test_megatron_training_checkpoints_convert_and_load(
+    hf_dirs: dict[str, Path], tmp_path: Path, variant: str
+) -> None:
+    """Checkpoints as Megatron-LM's training loop saves them (tests/megatron_ckpt.py: args with
+    dtypes and enums, optimizer, scheduler, RNG and rerun state, --no-save-optim/--no-save-rng,
+    release directory, TE names, padded vocabulary) convert back exactly and load for training."""
+    from megatron_ckpt import write_training_checkpoint
+
+    from packft.safe_pickle import Opaque
+
+    tp, pp, options = TRAINING_VARIANTS[variant]
+    src = hf_dirs["qwen2"]
+    save_hf_as_mcore(src, tmp_path / "ours", tp, pp)
+    trained = write_training_checkpoint(tmp_path / "ours", tmp_path / "megatron", **options)
+    iter_dir = trained / ("release" if options.get("release") else "iter_0000500")
+    first = load_mcore_file(sorted(iter_dir.glob("mp_rank_*/model_optim_rng.pt"))[0])
+    backend = first["args"].attention_backend  # an inert record: nothing was imported or run
+    assert isinstance(backend, Opaque) and backend.qualname.endswith("enums.AttnBackend")
+    assert first["args"].params_dtype is torch.bfloat16
+    assert ("optimizer" in first) is not options.get("no_save_optim", False)
+    assert ("rng_state" in first) is not options.get("no_save_rng", False)
+    for load_dir in (trained, iter_dir):  # the save directory, or one iteration directory
+        out = tmp_path / f"hf-{load_dir.name}"
+        mcore_to_hf(load_dir, out, hf_cfg_dir=src)
+        assert_identical(hf_tensors(src), hf_tensors(out))
+    cfg, state = load_mcore_as_hf(trained)  # `packft train --load`, without an HF config
+    expected = hf_tensors(src)
+    if options.get("pad_vocab_to"):  # the config then keeps Megatron's padded vocabulary
+        assert cfg.vocab_size == 128
+        embedding = state["model.embed_tokens.weight"]
+        assert torch.equal(embedding[:64], expected["model.embed_tokens.weight"])
+        assert not embedding[64:].any()
+    else:
+        assert type(cfg) is Qwen2Config and cfg.num_key_value_heads == 4
+        assert_identical(state, expected)
 
 
 def test_rope_scaling_saved_as_megatron_args(tmp_path: Path) -> None:
@@ -535,7 +511,7 @@ def test_unreadable_mcore_layouts_are_explained(hf_dirs: dict[str, Path], tmp_pa
     (dist / "iter_0000100").mkdir(parents=True)
     (dist / "iter_0000100" / "__0_0.distcp").write_bytes(b"")
     (dist / "latest_checkpointed_iteration.txt").write_text("100")
-    with pytest.raises(FileNotFoundError, match="torch_dist .*--ckpt-format torch"):
+    with pytest.raises(FileNotFoundError, match="distributed checkpoint without its .metadata"):
         mcore_to_hf(dist, tmp_path / "o")
     mg = tmp_path / "mg"
     save_hf_as_mcore(hf_dirs["qwen2-untied"], mg, 2, 1)
@@ -546,3 +522,51 @@ def test_unreadable_mcore_layouts_are_explained(hf_dirs: dict[str, Path], tmp_pa
     ):
         mcore_to_hf(mg, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_errors_are_one_line(
+    hf_dirs: dict[str, Path], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Unreadable inputs and unwritable outputs: exit 1, one line naming the file, nothing written;
+    an unwritable --save-dir is found before any weights are read."""
+
+    def fails(argv: list[str], *phrases: str) -> None:
+        assert cli_main(["convert-ckpt", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("packft convert-ckpt: error: "), err
+        assert all(p in err for p in phrases), err
+        assert not list(tmp_path.glob("out*")), "nothing may be written"
+
+    out = str(tmp_path / "out")
+    mg_hf = ["--load-model-type", "mg", "--save-model-type", "hf"]
+    src = hf_dirs["qwen2-untied"]
+    for damage in ("random", "truncated", "directory"):
+        bad = tmp_path / f"hf-{damage}"
+        shutil.copytree(src, bad)
+        weights = bad / "model.safetensors"
+        if damage == "random":
+            weights.write_bytes(os.urandom(5000))
+        elif damage == "truncated":
+            weights.write_bytes(weights.read_bytes()[:-100])
+        else:  # unreadable whoever runs the test (root reads a chmod 000 file)
+            weights.unlink()
+            weights.mkdir()
+        fails(["--load-dir", str(bad), "--save-dir", out], str(weights), "cannot be read")
+    mg = tmp_path / "mg"
+    save_hf_as_mcore(src, mg)
+    pt = mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
+    pt.write_bytes(os.urandom(3000))
+    fails([*mg_hf, "--load-dir", str(mg), "--save-dir", out], str(pt), "not a readable checkpoint")
+    import torch.distributed.checkpoint as dcp
+
+    plain_dcp = tmp_path / "dcp" / "iter_0000001"  # e.g. packft train's own checkpoints
+    dcp.save({"model.model.norm.weight": torch.ones(4)}, checkpoint_id=plain_dcp, no_dist=True)
+    fails([*mg_hf, "--load-dir", str(plain_dcp), "--save-dir", out], "without Megatron decoder")
+    fails(["--load-dir", str(tmp_path / "nope"), "--save-dir", out], "nope does not exist")
+    fails([*mg_hf, "--load-dir", str(tmp_path / "nope"), "--save-dir", out], "nope does not exist")
+    (tmp_path / "file").write_text("x")
+    fails(["--load-dir", str(src), "--save-dir", str(tmp_path / "file" / "out")], "ENOTDIR")
+    monkeypatch.setenv("PACKFT_FAULT", "convert.save_dir.probe=erofs")
+    # the corrupt mg checkpoint is never opened: the read-only target is reported first
+    fails([*mg_hf, "--load-dir", str(mg), "--save-dir", out], "EROFS (Read-only file system)",
+          "nothing was converted")  # fmt: skip

@@ -51,6 +51,7 @@ from packft.indexed import (
 pytestmark = pytest.mark.filterwarnings(  # megatron's import-time notes about optional packages
     "ignore:Apex is not installed:UserWarning",
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+    "ignore:Transformer Engine and Apex are not installed:UserWarning",
 )
 SEQ = 32
 TP_SIZES = (1, 2)
@@ -122,17 +123,13 @@ def _build_hf(name: str, seed: int = 0) -> torch.nn.Module:
     return build_model(arch, {**COMMON, **kwargs}, seed)
 
 
-def _megatron_forward(ckpt_file: Path, ids: torch.Tensor, tp: int) -> torch.Tensor:
-    """Build GPTModel from the checkpoint args, load strictly, return this rank's logits."""
+def _gpt_model(a: Any, tp: int) -> torch.nn.Module:
+    """megatron-core's GPTModel (local layer spec, float32, CPU) shaped by checkpoint args ``a``."""
     import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from packft.convert_io import load_mcore_file
-
-    ckpt = load_mcore_file(ckpt_file)
-    a = ckpt["args"]
     config = TransformerConfig(
         num_layers=a.num_layers,
         hidden_size=a.hidden_size,
@@ -157,7 +154,7 @@ def _megatron_forward(ckpt_file: Path, ids: torch.Tensor, tp: int) -> torch.Tens
         hidden_dropout=0.0,
         attention_dropout=0.0,
     )
-    model = GPTModel(
+    return GPTModel(
         config,
         get_gpt_layer_local_spec(normalization=a.normalization),
         vocab_size=a.padded_vocab_size,
@@ -168,10 +165,22 @@ def _megatron_forward(ckpt_file: Path, ids: torch.Tensor, tp: int) -> torch.Tens
         rope_scaling=bool(getattr(a, "use_rope_scaling", False)),
         rope_scaling_factor=float(getattr(a, "rope_scaling_factor", 8.0)),
     ).eval()
-    model.load_state_dict({k: v.clone() for k, v in ckpt["model"].items()}, strict=True)
+
+
+def _gpt_forward(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(1, 1, SEQ, SEQ, dtype=torch.bool).triu(1)  # True = masked out
     with torch.no_grad():
         return model(ids, torch.arange(SEQ)[None], causal)
+
+
+def _megatron_forward(ckpt_file: Path, ids: torch.Tensor, tp: int) -> torch.Tensor:
+    """Build GPTModel from the checkpoint args, load strictly, return this rank's logits."""
+    from packft.convert_io import load_mcore_file
+
+    ckpt = load_mcore_file(ckpt_file)
+    model = _gpt_model(ckpt["args"], tp)
+    model.load_state_dict({k: v.clone() for k, v in ckpt["model"].items()}, strict=True)
+    return _gpt_forward(model, ids)
 
 
 def _worker(rank: int, world: int, root: str) -> None:
@@ -259,6 +268,200 @@ def test_cases_are_position_sensitive() -> None:
     with torch.no_grad():
         diff = float((model(ids).logits - plain(ids).logits).abs().max())
     assert diff > 100 * TOLERANCE
+
+
+# -------------------------------------------------------------------------- torch_dist checkpoints
+DIST_MODEL = tiny(LLAMA2, num_hidden_layers=2, num_key_value_heads=2)  # 32-dim, GQA, untied
+DIST_ITERATION = 100
+
+
+@contextlib.contextmanager
+def _one_gloo_rank(root: Path) -> Any:
+    """This process as the only gloo rank, megatron's parallel state at TP 1 / PP 1, and CPU shims:
+    CUDA device and synchronize, the CUDA RNG fork, and the ``serialization_format`` argument that
+    torch 2.13's ``_write_item`` requires and megatron-core 0.12.2's writer does not pass (the
+    default, torch.save per item, is what older torch wrote)."""
+    import inspect
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from torch.distributed.checkpoint import filesystem
+
+    write_item = filesystem._write_item
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "current_device", lambda: "cpu")
+        patch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+        tracker = tensor_parallel.get_cuda_rng_tracker()
+        patch.setattr(tracker, "fork", lambda *a, **k: contextlib.nullcontext())
+        if "serialization_format" in inspect.signature(write_item).parameters:
+            torch_save = filesystem.SerializationFormat.TORCH_SAVE
+            patch.setattr(filesystem_async, "_write_item", lambda *a: write_item(*a, torch_save))
+        dist.init_process_group(
+            "gloo", init_method=f"file://{root}/rendezvous", rank=0, world_size=1
+        )
+        try:
+            parallel_state.initialize_model_parallel(1, 1)
+            yield
+        finally:
+            parallel_state.destroy_model_parallel()
+            dist.destroy_process_group()
+
+
+def _megatron_training_save(model: torch.nn.Module, args: Any, directory: Path) -> None:
+    """What Megatron-LM's ``save_checkpoint`` hands to ``dist_checkpointing.save`` for
+    ``--ckpt-format torch_dist`` (megatron/training/checkpointing.py, core_v0.12.2):
+    ``generate_state_dict`` with the model's ``sharded_state_dict``, the optimizer state as
+    ``FP32Optimizer.sharded_state_dict`` shards it (AdamW after one step with zero gradients and
+    no weight decay, so the weights do not move), the scheduler, the rerun state machine, the RNG
+    state as a ``ShardedObject``, and ``num_floating_point_operations_so_far``."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core.dist_checkpointing.optimizer import (
+        get_param_id_to_sharded_param_map,
+        optim_state_to_sharding_state,
+    )
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.core.rerun_state_machine import RerunStateMachine
+    from megatron_ckpt import megatron_args, rng_state
+
+    model_sd = model.sharded_state_dict()
+    params = list(model.parameters())
+    adam = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    adam.step()
+    scheduler = OptimizerParamScheduler(
+        adam, init_lr=0.0, max_lr=1e-5, min_lr=1e-6, lr_warmup_steps=10, lr_decay_steps=1000,
+        lr_decay_style="cosine", start_wd=0.0, end_wd=0.0, wd_incr_steps=1000,
+        wd_incr_style="constant",
+    )  # fmt: skip
+    optim_sd = adam.state_dict()
+    step = optim_sd["state"][0]["step"]
+    optim_state_to_sharding_state(
+        optim_sd, get_param_id_to_sharded_param_map(model_sd, params), exclude_keys="step"
+    )
+    optim_sd["state"]["common_step"] = step
+    state = {
+        "args": megatron_args(args, ckpt_format="torch_dist", use_dist_ckpt=True,
+                              iteration=DIST_ITERATION),
+        "checkpoint_version": 3.0,
+        "iteration": DIST_ITERATION,
+        "model": model_sd,
+        "optimizer": optim_sd,
+        "opt_param_scheduler": scheduler.state_dict(),
+        "rerun_state_machine": RerunStateMachine().state_dict(None, "torch_dist"),
+        "rng_state": ShardedObject("rng_state", rng_state(), (1, 1), (0, 0), replica_id=0),
+        "num_floating_point_operations_so_far": 1.5e15,
+    }  # fmt: skip
+    directory.mkdir(parents=True)
+    dist_checkpointing.save(state, str(directory))
+
+
+@pytest.fixture(scope="module")
+def torch_dist_ckpt(megatron_core: Any, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny HF Llama, converted by packft, loaded into megatron-core's GPTModel (one gloo rank,
+    in this process) and saved by megatron-core's own ``dist_checkpointing.save`` as Megatron-LM's
+    training loop saves ``--ckpt-format torch_dist``; plus GPTModel's and HF's logits."""
+    from packft.convert import save_hf_as_mcore
+    from packft.convert_io import load_mcore_file
+
+    root = tmp_path_factory.mktemp("torch_dist")
+    arch, kwargs = DIST_MODEL
+    hf = build_model(arch, {**COMMON, **kwargs}, seed=3)
+    hf.save_pretrained(root / "hf")
+    save_hf_as_mcore(hf.state_dict(), root / "mg", config=hf.config)
+    ours = load_mcore_file(root / "mg" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt")
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, hf.config.vocab_size, (1, SEQ), generator=gen)
+    save = root / "megatron"
+    with _one_gloo_rank(root):
+        gpt = _gpt_model(ours["args"], 1)
+        gpt.load_state_dict({k: v.clone() for k, v in ours["model"].items()}, strict=True)
+        megatron_logits = _gpt_forward(gpt, ids)
+        _megatron_training_save(gpt, ours["args"], save / f"iter_{DIST_ITERATION:07d}")
+    (save / "latest_checkpointed_iteration.txt").write_text(str(DIST_ITERATION))
+    with torch.no_grad():
+        hf_logits = hf(ids).logits
+    return dict(save=save, hf=root / "hf", ids=ids, megatron=megatron_logits, hf_logits=hf_logits)
+
+
+def _safetensors_dir(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(d.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("with_cfg", [True, False], ids=["hf-cfg-dir", "args-only"])
+def test_torch_dist_from_megatron_converts_to_hf(
+    torch_dist_ckpt: dict, tmp_path: Path, with_cfg: bool
+) -> None:
+    """mg->hf of megatron-core's torch_dist save: the HF tensors come back bit-identical and the
+    converted model reproduces GPTModel's logits."""
+    import transformers
+
+    from packft.cli import main as cli_main
+
+    iter_dir = torch_dist_ckpt["save"] / f"iter_{DIST_ITERATION:07d}"
+    names = {p.name for p in iter_dir.iterdir()}
+    assert {"metadata.json", ".metadata", "common.pt"} <= names and any(
+        n.endswith(".distcp") for n in names
+    )
+    from packft.torch_dist import DistCheckpoint
+
+    stored = DistCheckpoint(iter_dir).shapes  # layers stacked; optimizer state beside the model
+    assert stored["decoder.layers.self_attention.linear_qkv.weight"][0] == 2
+    assert any(k.startswith("optimizer.state.exp_avg.") for k in stored)
+    out, hf_dir = tmp_path / "hf", torch_dist_ckpt["hf"]
+    cmd = ["convert-ckpt", "--load-model-type", "mg", "--save-model-type", "hf",
+           "--load-dir", str(torch_dist_ckpt["save"]), "--save-dir", str(out)]  # fmt: skip
+    assert cli_main(cmd + (["--hf-cfg-dir", str(hf_dir)] if with_cfg else [])) == 0
+    expected, got = _safetensors_dir(hf_dir), _safetensors_dir(out)
+    assert sorted(got) == sorted(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = model(torch_dist_ckpt["ids"]).logits
+    assert torch.equal(logits, torch_dist_ckpt["hf_logits"])
+    diff = float((logits - torch_dist_ckpt["megatron"]).abs().max())
+    assert diff < TOLERANCE, f"max |HF(converted torch_dist) - megatron| = {diff:.3g}"
+
+
+def test_train_load_reads_torch_dist(torch_dist_ckpt: dict, tmp_path: Path) -> None:
+    """``packft train --load`` builds its model from the torch_dist save: the same weights."""
+    from packft.train import TrainConfig, load_model
+
+    cfg = TrainConfig(data_path=str(tmp_path / "unused"), load=str(torch_dist_ckpt["save"]),
+                      save=str(tmp_path / "save"))  # fmt: skip
+    state = load_model(cfg).state_dict()
+    expected = _safetensors_dir(torch_dist_ckpt["hf"])
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
+def test_torch_dist_with_missing_or_truncated_shard_is_one_line(
+    torch_dist_ckpt: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    from packft.cli import main as cli_main
+
+    for damage in ("missing", "truncated"):
+        broken = tmp_path / damage
+        shutil.copytree(torch_dist_ckpt["save"], broken)
+        shard = max((broken / f"iter_{DIST_ITERATION:07d}").glob("*.distcp"),
+                    key=lambda p: p.stat().st_size)  # fmt: skip
+        if damage == "missing":
+            shard.unlink()
+        else:
+            shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        out = tmp_path / f"hf-{damage}"
+        cmd = ["convert-ckpt", "--load-model-type", "mg", "--save-model-type", "hf",
+               "--load-dir", str(broken), "--save-dir", str(out)]  # fmt: skip
+        assert cli_main(cmd) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"{shard.name} is {damage}" in err and "incomplete" in err
+        assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------- datasets

@@ -159,3 +159,17 @@ def test_launch_streams_a_stand_in_posttrain_script(tmp_path, llama2_tokenizer_d
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["final_loss"] == 1.402
     assert (tmp_path / "s" / "mcore_init" / "latest_checkpointed_iteration.txt").exists()
+
+
+def test_hf_config_of_a_real_mindspeed_checkpoint(tmp_path: Path, assets_dir: Path) -> None:
+    """--load of what MindSpeed's converter wrote: the shape comes from its args (GQA included,
+    which MindSpeed records as num_key_value_heads with group_query_attention False)."""
+    load = assets_dir / "mindspeed_ckpt" / "llama2_mg_tp1pp1"
+    c = TrainConfig(data_path=str(tmp_path / "d"), load=str(load), save=str(tmp_path / "s"))
+    config = mindspeed.hf_config_of(c)
+    want = json.loads(
+        (assets_dir / "mindspeed_ckpt" / "tiny_llama2_hf" / "config.json").read_text()
+    )
+    for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "tie_word_embeddings"):  # fmt: skip
+        assert config[key] == want[key], key
