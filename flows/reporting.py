@@ -198,19 +198,22 @@ def dataset_figures(
     from packft.tokenize import read_lengths, read_stats
 
     counts: dict[int, int] = {}
+    exact = True
     for shard in shards:
         found = read_stats(shard).get("length_counts")
-        if found is None:
+        if found is None:  # a cached shard from before length_counts: its cut lengths
+            exact = False
             found = dict(zip(*np.unique(read_lengths(shard), return_counts=True), strict=True))
         for length, n in found.items():
             counts[int(length)] = counts.get(int(length), 0) + int(n)
     lengths = np.fromiter(counts, np.int64, len(counts))
     weights = np.fromiter(counts.values(), np.int64, len(counts))
     cut = {k: int(stats.get(k) or 0) for k in ("truncated", "dropped", "split")}
-    cut["tokens_cut"] = max(0, int((lengths * weights).sum()) - int(stats.get("total_tokens", 0)))
+    if exact:
+        cut["tokens_cut"] = int((lengths * weights).sum()) - int(stats.get("total_tokens", 0))
     rows = PackPlan.load(plan_file).row_lengths()
     return (
-        length_histogram(lengths, seq_length, weights=weights, cut=cut),
+        length_histogram(lengths, seq_length, weights=weights, cut=cut, before_truncation=exact),
         row_fill_histogram(rows, seq_length),
     )
 

@@ -93,12 +93,6 @@ def stats_params(
     return {prefix: flat} if flat else {}
 
 
-def table_rows() -> list[tuple[str, str, str]]:
-    """(metric, source key(s), runs) for the README table; one row per metric name."""
-    rows: dict[str, tuple[list[str], str]] = {}
-    for table, runs in ((DATA, "pack-dataset (+ stages), trainer, pipeline"),
-                        (STEP, "trainer, pipeline"), (SUMMARY, "trainer, finetune, pipeline"),
-                        (RUN, "pipeline")):  # fmt: skip
-        for key, name in table.items():
-            rows.setdefault(name, ([], runs))[0].append(key)
-    return [(name, ", ".join(keys), runs) for name, (keys, runs) in rows.items()]
+def all_names() -> list[str]:
+    """Every metric name packft logs, once each (README "Tracking" lists them all)."""
+    return list(dict.fromkeys([*DATA.values(), *STEP.values(), *SUMMARY.values(), *RUN.values()]))

@@ -189,7 +189,10 @@ def run_mindspeed(cfg: Any) -> int:
         save_hf_as_mcore(cfg.model, load_dir, cfg.tensor_model_parallel_size,
                          cfg.pipeline_model_parallel_size, overwrite=True)  # fmt: skip
     cmd = build_command(cfg, hf_config_of(cfg), load_dir, neat=neat)
-    tracker = make_tracker(cfg.tracking_uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking)
+    tracker = make_tracker(
+        cfg.tracking_uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking,
+        required=cfg.tracking_required,
+    )  # fmt: skip
     tracker.log_config({**cfg.model_dump(), "command": " ".join(cmd)})
     env = {**os.environ, "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
     proc = subprocess.Popen(cmd, cwd=cfg.mindspeed_home, env=env, text=True,

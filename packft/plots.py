@@ -44,6 +44,7 @@ def length_histogram(
     bins: int = 60,
     weights: np.ndarray | None = None,
     cut: dict[str, int] | None = None,
+    before_truncation: bool = True,
 ) -> Figure:
     """Histogram of sample lengths (tokens) with ``seq_length`` and the row capacity marked.
 
@@ -55,6 +56,7 @@ def length_histogram(
         weights: samples per length (None: one per entry of ``lengths``).
         cut: what truncation removed, named in the title: ``truncated``, ``dropped``,
             ``split`` (samples) and ``tokens_cut``.
+        before_truncation: False when only the stored (already cut) lengths were available.
 
     Raises:
         ValueError: ``seq_length`` is not positive.
@@ -64,7 +66,8 @@ def length_histogram(
     data = np.asarray(lengths, dtype=np.int64)
     counts = np.ones(data.size, np.int64) if weights is None else np.asarray(weights, np.int64)
     n, over = int(counts.sum()), int(counts[data > seq_length - 1].sum())
-    title = f"Sample lengths before truncation (n={n:,}, over capacity: {over:,})"
+    when = "before truncation" if before_truncation else "as stored (after truncation)"
+    title = f"Sample lengths {when} (n={n:,}, over capacity: {over:,})"
     if cut:
         parts = [f"{k} {int(cut[k]):,}" for k in ("truncated", "dropped", "split") if cut.get(k)]
         if cut.get("tokens_cut"):
@@ -75,7 +78,7 @@ def length_histogram(
     ax.hist(data, bins=np.linspace(0, top, bins + 1), weights=counts, color="#4C72B0")
     ax.axvline(seq_length, color="#C44E52", linestyle="--", label=f"seq_length = {seq_length}")
     ax.axvline(seq_length - 1, color="#DD8452", linestyle=":", label="row capacity")
-    ax.set_xlabel("tokens per sample (before truncation)")
+    ax.set_xlabel(f"tokens per sample ({when})")
     ax.set_ylabel("samples")
     ax.legend()
     return fig

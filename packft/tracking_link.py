@@ -10,8 +10,8 @@ MLflow's default 7 retries with doubling backoff.
 The first failure marks the link *lost*: one warning line says what failed and where the data
 still is (the caller's ``hint``, e.g. how to import ``train_log.jsonl`` later), and every later
 call is dropped at once. Two calls wait, bounded: creating a run (its id is needed now; done in
-the caller's thread) and :meth:`Link.close`, which waits while the queue drains and gives up
-after :data:`DRAIN_IDLE_S` seconds without progress. With ``required=True`` nothing is warned:
+the caller's thread) and :meth:`Link.close`, which waits while the queue drains (a run's end)
+and gives up after :data:`DRAIN_IDLE_S` seconds without a completed call. With ``required=True`` nothing is warned:
 the caller's next call raises :class:`TrackingUnavailable` (one line, exit 1 in the CLI).
 
 Reachability: :func:`probe` asks an http(s) server's ``/health`` before a run is created
@@ -21,6 +21,7 @@ within ~7 s at worst, at once when the port refuses connections).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -44,7 +45,10 @@ HTTP_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout carries `packft train`'s JSON
 }
 PROBE_TIMEOUT_S = 3.0
-DRAIN_IDLE_S = 15.0
+DRAIN_IDLE_S = 60.0
+"""close() gives up when no call completed for this long. A dead or hung server is found
+sooner (MLflow's bounded retries fail a call in <= ~33 s); this only catches a call that is
+not bounded, e.g. a single multi-GB upload that takes longer is abandoned (with the warning)."""
 QUEUE_SIZE = 10_000
 RECHECK_S = 60.0
 """A store lost in this process is not probed (nor warned about) again for this long."""
@@ -187,8 +191,9 @@ class Link:
         """Wait while queued calls are delivered (gives up after ``idle_s`` without progress)."""
         self._drain(idle_s)
         with self._lock:
-            if self._thread is not None and self._lost is None:
-                self._queue.put_nowait(None)  # the sender ends; a later send() starts another
+            if self._thread is not None:
+                with contextlib.suppress(queue.Full):  # full only while a lost link skips
+                    self._queue.put_nowait(None)  # the sender ends; a later send() starts one
         self._usable()
 
     def _drain(self, idle_s: float) -> None:
