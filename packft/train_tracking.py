@@ -138,7 +138,10 @@ def replay(save: str | Path, tracker: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------ `packft track-import`
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("save", help="the --save directory of a `packft train` run")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: as train's)")
+    parser.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow URI (default: the run's own --tracking-uri, else as `packft train`)",
+    )  # fmt: skip
     parser.add_argument("--experiment", default=None, help="default: the run's own experiment")
     parser.add_argument("--run-name", default=None, help="default: 'import: SAVE_NAME'")
 
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     experiment = args.experiment or config.get("experiment") or "packft-train"
     tracker = make_tracker(
-        args.tracking_uri, experiment, args.run_name or f"import: {save.name}",
+        args.tracking_uri or config.get("tracking_uri"), experiment, args.run_name or f"import: {save.name}",
         tags={"packft.imported_from": str(save)}, required=True,
     )  # fmt: skip
     status = "FAILED"

@@ -219,3 +219,16 @@ def test_readme_lists_every_metric_name() -> None:
     for name in metric_names.all_names():
         assert f"| `{name}` |" in section, name
     assert set(metric_names.HEADLINE) <= set(metric_names.all_names())
+
+
+def test_track_import_refuses_a_wrong_dir_or_unreachable_store(tmp_path: Path, capsys) -> None:
+    from packft.cli import main
+
+    assert main(["track-import", str(tmp_path), "--tracking-uri", "sqlite:///unused.db"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "train_log.jsonl not found" in line
+    assert not Path("unused.db").exists()
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    assert main(["track-import", str(tmp_path), "--tracking-uri", "http://127.0.0.1:1/im"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unreachable" in line and "tracking is required" in line
