@@ -152,6 +152,12 @@ def test_link_sends_in_order_on_its_own_thread() -> None:
     link.send(lambda: seen.append((50, "again")))  # a send after close starts a new sender
     link.close()
     assert seen[-1] == (50, "again") and link.lost is None
+    slow = threading.Event()  # a server that takes its time: the caller does not wait for it
+    started = time.monotonic()
+    for _ in range(100):
+        link.send(slow.wait, 0.05)
+    assert time.monotonic() - started < 0.5  # 100 calls queued; sending them takes >= 5 s
+    link.close()
 
 
 def test_link_failure_warns_once_and_drops_later_calls(caplog: pytest.LogCaptureFixture) -> None:
