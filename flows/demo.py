@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nOpen the UIs:")
     print(f"  MLflow : {ui_command(overrides['run']['tracking_uri'])}   (http://127.0.0.1:5000)")
     print(f"  Prefect: {prefect_ui_command()}")
+    if "PREFECT_API_URL" not in os.environ:
+        print("  (with that server up, `export PREFECT_API_URL=http://127.0.0.1:4200/api` before "
+              "the next run: one server per database, runs show up live)")  # fmt: skip
     print(json.dumps({"demo": "ok", "mlflow_run_id": result["mlflow_run_id"]}))
     return 0
 

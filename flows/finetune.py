@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from flows import reporting
+from packft import metric_names
 from packft.pipeline_config import FinetuneConfig, load_flow_config
 from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, finetune
 
@@ -21,9 +22,9 @@ from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, 
 def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
     """Run ``finetune`` with the trainer's MLflow run nested under a ``train`` stage run."""
     stage = tracker.child("train", tags={"packft.stage": "train"})
-    train_cfg = cfg.train.model_copy(
-        update={"tracking": cfg.run.tracking, "tracking_uri": tracker.tracking_uri,
-                "run_name": "trainer"}
+    train_cfg = cfg.train.model_copy(  # untracked stage (disabled or store lost): trainer too
+        update={"tracking": stage.run_id is not None, "tracking_uri": tracker.tracking_uri,
+                "tracking_required": cfg.run.tracking_required, "run_name": "trainer"}
     )  # fmt: skip
     parent = None
     if stage.run_id:
@@ -37,7 +38,8 @@ def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
         return_state=True,
     )
     summary = {**state.result(), "state": state.name}
-    stage.log(reporting.numbers(summary), step=0)
+    stage.log(metric_names.named(summary, metric_names.SUMMARY), step=0)
+    stage.log_config(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
     stage.log_dict(summary, "train_summary.json")
     stage.close()
     return summary
@@ -50,7 +52,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[
     storage = run.result_path
     with reporting.flow_tracker(
         run.tracking_uri, run.experiment or "finetune", enabled=run.tracking,
-        parent_run_id=parent_run_id,
+        parent_run_id=parent_run_id, required=run.tracking_required,
     ) as tracker:  # fmt: skip
         tracker.log_config(cfg.model_dump(mode="json"))
         states: dict[str, str] = {}

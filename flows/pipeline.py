@@ -21,6 +21,27 @@ from packft.pipeline_config import PipelineConfig, load_flow_config
 from packft.tracking import ui_command
 
 
+def log_headline(
+    tracker: Any, stats: dict[str, Any], summary: dict[str, Any], save: str, seconds: float
+) -> None:
+    """The figures people look at first, on the top-level run: utilization, samples in/valid/
+    rejected, final loss, tokens/s, wall time, the ``train/loss`` curve and the loss/lr plot."""
+    from packft import metric_names as names
+    from packft.train_tracking import curves_figure, log_steps, read_steps
+
+    figures = names.named(stats, names.DATA) | names.named(summary, names.SUMMARY)
+    figures |= names.named({"seconds": seconds}, names.RUN)
+    tracker.log({k: v for k, v in figures.items() if k in names.HEADLINE}, step=0)
+    try:
+        steps = read_steps(save)
+    except (OSError, ValueError):  # e.g. the save dir was moved since the cached finetune ran
+        return
+    log_steps(tracker, steps, keys=("loss",))
+    figure = curves_figure(steps)
+    if figure is not None:
+        tracker.log_figure(figure, "plots/loss_lr.png")
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(
     config_file: str | None = None,
@@ -38,8 +59,9 @@ def pipeline(
     started = time.perf_counter()
     cfg = config or load_flow_config(PipelineConfig, config_file, overrides)
     with reporting.flow_tracker(
-        cfg.run.tracking_uri, cfg.run.experiment or "pipeline", enabled=cfg.run.tracking
-    ) as tracker:
+        cfg.run.tracking_uri, cfg.run.experiment or "pipeline", enabled=cfg.run.tracking,
+        required=cfg.run.tracking_required,
+    ) as tracker:  # fmt: skip
         tracker.log_config(cfg.model_dump(mode="json"))
         run = cfg.run.model_copy(update={"experiment": tracker.experiment or "pipeline"})
         pack_cfg = cfg.pack_config().model_copy(update={"run": run})
@@ -47,7 +69,7 @@ def pipeline(
         tune_cfg = cfg.finetune_config(data_path=data["prefix"]).model_copy(update={"run": run})
         model = finetune_flow(config=tune_cfg, mlflow_parent_run_id=tracker.run_id)
         seconds = time.perf_counter() - started
-        tracker.log({"seconds": seconds, "dataset.efficiency": data["stats"]["efficiency"]}, 0)
+        log_headline(tracker, data["stats"], model["train"], tune_cfg.train.save, seconds)
         reporting.publish_markdown(
             "pipeline-summary",
             "pipeline",

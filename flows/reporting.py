@@ -9,12 +9,12 @@ that opens the UI, so each side links to the other.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from packft import metric_names
 from packft.stats import detail_rows
 from packft.tracking import (
     NullTracker,
@@ -51,8 +51,13 @@ def flow_tracker(
     *,
     enabled: bool = True,
     parent_run_id: str | None = None,
+    required: bool = False,
 ) -> Iterator[Tracker]:
-    """The flow run's MLflow run: FINISHED on success, FAILED (and re-raised) on an error."""
+    """The flow run's MLflow run: FINISHED on success, FAILED (and re-raised) on an error.
+
+    An unreachable or failing store never fails the flow (one warning, then untracked) unless
+    ``required`` (``run.tracking_required``).
+    """
     from prefect.runtime import flow_run
 
     uri = resolve_tracking_uri(tracking_uri) if enabled else None
@@ -63,6 +68,8 @@ def flow_tracker(
         parent_run_id=parent_run_id,
         tags=prefect_tags(),
         enabled=enabled,
+        required=required,
+        untracked_hint="; its results are in the flow's Prefect artifact and the dataset sidecar",
     )
     try:
         yield tracker
@@ -72,28 +79,15 @@ def flow_tracker(
     tracker.close("FINISHED")
 
 
-def numbers(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Every finite numeric leaf of a nested dict, as ``a.b.c`` metrics (bools excluded)."""
-    out: dict[str, float] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out |= numbers(value, f"{name}.")
-        elif (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(float(value))
-        ):
-            out[name] = float(value)
-    return out
-
-
 def log_stage(
     parent: Tracker, stage: str, metrics: Mapping[str, Any], *, details: Any = None
 ) -> Tracker:
-    """A closed nested run ``stage`` holding ``metrics`` (numeric leaves) and a JSON of details."""
+    """A nested run ``stage``: headline figures as metrics (:mod:`packft.metric_names`), the
+    other numbers as ``stats.*`` params, everything in ``{stage}.json``."""
     child = parent.child(stage, tags={"packft.stage": stage})
-    child.log(numbers(metrics), step=0)
+    table = {**metric_names.DATA, **metric_names.PUBLISH}
+    child.log(metric_names.named(metrics, table), step=0)
+    child.log_config(metric_names.stats_params(metrics, metrics=table))
     child.log_dict({"metrics": dict(metrics), "details": details}, f"{stage}.json")
     return child
 
@@ -141,7 +135,13 @@ def prefect_ui_command() -> str:
         return f"open {api.removesuffix('/api')}"
     home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
     prefect = tool_path("prefect")
-    return f"PREFECT_HOME={home} {prefect} server start  # then open http://127.0.0.1:4200"
+    # the shell that runs this has none of tasks/_env.py's defaults: no telemetry (it fails
+    # offline, with an ERROR line), and SQLite waits as long for a lock as Prefect's own 60 s
+    return (
+        f"PREFECT_HOME={home} PREFECT_SERVER_ANALYTICS_ENABLED=false "
+        f"PREFECT_SERVER_DATABASE_TIMEOUT=60 {prefect} server start  "
+        "# then open http://127.0.0.1:4200"
+    )
 
 
 # --- pack-dataset stages -----------------------------------------------------------------------
@@ -187,18 +187,39 @@ def log_tokenize(tracker: Tracker, shards: list[dict[str, Any]]) -> dict[str, An
     return totals
 
 
-def dataset_figures(shards: list[str], plan_file: str, seq_length: int) -> tuple[Any, Any]:
-    """(sample length histogram, row fill histogram) for a packed dataset."""
+def dataset_figures(
+    shards: list[str], plan_file: str, seq_length: int, stats: Mapping[str, Any]
+) -> tuple[Any, Any]:
+    """(sample length histogram before truncation, row fill histogram) for a packed dataset.
+
+    Lengths come from each shard's ``length_counts`` (every valid sample before any cut);
+    shards written before that existed give their stored (already cut) lengths instead.
+    """
     import numpy as np
 
     from packft.pack import PackPlan
     from packft.plots import length_histogram, row_fill_histogram
-    from packft.tokenize import read_lengths
+    from packft.tokenize import read_lengths, read_stats
 
-    lengths = [read_lengths(s) for s in shards]
-    data = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+    counts: dict[int, int] = {}
+    exact = True
+    for shard in shards:
+        found = read_stats(shard).get("length_counts")
+        if found is None:  # a cached shard from before length_counts: its cut lengths
+            exact = False
+            found = dict(zip(*np.unique(read_lengths(shard), return_counts=True), strict=True))
+        for length, n in found.items():
+            counts[int(length)] = counts.get(int(length), 0) + int(n)
+    lengths = np.fromiter(counts, np.int64, len(counts))
+    weights = np.fromiter(counts.values(), np.int64, len(counts))
+    cut = {k: int(stats.get(k) or 0) for k in ("truncated", "dropped", "split")}
+    if exact:
+        cut["tokens_cut"] = int((lengths * weights).sum()) - int(stats.get("total_tokens", 0))
     rows = PackPlan.load(plan_file).row_lengths()
-    return length_histogram(data, seq_length), row_fill_histogram(rows, seq_length)
+    return (
+        length_histogram(lengths, seq_length, weights=weights, cut=cut, before_truncation=exact),
+        row_fill_histogram(rows, seq_length),
+    )
 
 
 PACK_TABLE = (
@@ -226,19 +247,24 @@ def finish_pack_run(
     seq = int(cfg.preprocess.seq_length or stats.get("seq_length") or 1)
     pack_run = log_stage(tracker, "pack", {**plan, **stats}, details=plan)
     if cfg.preprocess.pack:
-        lengths_fig, fill_fig = dataset_figures([s["shard"] for s in shards], plan["plan"], seq)
+        lengths_fig, fill_fig = dataset_figures(
+            [s["shard"] for s in shards], plan["plan"], seq, stats
+        )
         for run in (pack_run, tracker):
             run.log_figure(lengths_fig, "plots/sample_lengths.png")
             run.log_figure(fill_fig, "plots/row_fill.png")
     pack_run.close()
-    tracker.log(numbers(stats), step=0)
+    tracker.log(metric_names.named(stats, metric_names.DATA), step=0)
+    tracker.log_config(metric_names.stats_params(stats))
     cached = [s for name in ("validate", "tokenize", "pack", "write") for s in states[name]]
     n_cached = sum(s == "Cached" for s in cached)
     diff, gate = published.get("diff") or {}, published.get("gate") or {}
-    change = {"changed": int(bool(published["changed"])), "tasks_cached": n_cached,
-              "tasks_total": len(cached), **diff, **gate_metrics(gate)}  # fmt: skip
+    change = {"changed": int(bool(published["changed"])), "published": int(bool(published["changed"])),
+              "tasks_cached": n_cached, "tasks_total": len(cached), **diff,
+              **gate_metrics(gate)}  # fmt: skip
     log_stage(tracker, "publish", change, details=published).close()
-    tracker.log({f"diff.{k}": v for k, v in numbers(diff).items()}, step=0)
+    tracker.log(metric_names.named(change, {**metric_names.DATA, **metric_names.PUBLISH}), step=0)
+    tracker.log_config(metric_names.stats_params(diff, prefix="diff"))
     tracker.set_tags({"packft.dataset_version": Path(dataset["version"]).name,
                       "packft.changed": str(bool(published["changed"])).lower(),
                       "packft.publish": publish_outcome(published)})  # fmt: skip
@@ -290,13 +316,14 @@ def finish_pack_run(
 
 
 def gate_metrics(gate: Mapping[str, Any]) -> dict[str, Any]:
-    """The publish gate's measurements and decision as numbers (empty when no gate ran)."""
+    """The publish gate's measurements and decision (``metric_names.PUBLISH`` keys, plus its
+    thresholds, which ``log_stage`` records as params); empty when no gate ran."""
     if not gate:
         return {}
     keys = ("removed_fraction", "efficiency_drop", "max_removed_fraction", "max_efficiency_drop")
-    return {**{f"gate.{k}": gate[k] for k in keys if gate.get(k) is not None},
-            "gate.passed": int(bool(gate.get("passed"))),
-            "gate.forced": int(bool(gate.get("forced")))}  # fmt: skip
+    return {**{k: gate[k] for k in keys if gate.get(k) is not None},
+            "gate_passed": int(bool(gate.get("passed"))),
+            "gate_forced": int(bool(gate.get("forced")))}  # fmt: skip
 
 
 def publish_outcome(published: Mapping[str, Any]) -> str:
@@ -314,7 +341,8 @@ def report_refused_publish(tracker: Tracker, refused: Any, dataset: Mapping[str,
     diff, verdict = refused.diff, refused.verdict.to_dict()
     metrics = {"changed": 0, "published": 0, **diff, **gate_metrics(verdict)}
     log_stage(tracker, "publish", metrics, details=refused.to_dict()).close()
-    tracker.log({f"diff.{k}": v for k, v in numbers(diff).items()} | {"publish_refused": 1.0}, 0)
+    tracker.log(metric_names.named(metrics, {**metric_names.DATA, **metric_names.PUBLISH}), 0)
+    tracker.log_config(metric_names.stats_params(diff, prefix="diff"))
     tracker.set_tags({"packft.publish": "refused", "packft.changed": "false",
                       "packft.unpublished_version": Path(refused.version).name})  # fmt: skip
     tracker.log_dict(refused.to_dict(), "publish_refused.json")
@@ -350,7 +378,8 @@ def finish_finetune_run(
 ) -> dict[str, Any]:
     """Log the export stage, publish the finetune artifact, print where the weights are."""
     log_stage(tracker, "export", {}, details=exported).close()
-    tracker.log({f"train.{k}": v for k, v in numbers(summary).items()}, step=0)
+    tracker.log(metric_names.named(summary, metric_names.SUMMARY), step=0)
+    tracker.log_config(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
     table = [(k, summary[k]) for k in TRAIN_TABLE if k in summary]
     table += [(k, v) for k, v in summary.items() if k not in TRAIN_TABLE and k.endswith("loss")]
     outputs = [(f"{k} weights", f"`{v}`") for k, v in exported.items()]

@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert checkpoints between Hugging Face and Megatron-mcore",
     ),
     "train": ("packft.train", "fine-tune a causal LM on a packed dataset"),
+    "track-import": (
+        "packft.train_tracking",
+        "replay a train --save directory (train_log.jsonl ...) into a new MLflow run",
+    ),
 }
 
 

@@ -61,8 +61,34 @@ def row_segments(prefix: str | Path, row: int) -> list[tuple[int, int, int]]:
     return [(int(i), int(s), int(n)) for i, s, n in zip(items, starts, lengths, strict=True)]
 
 
+TRAINED_MARKS = ("\u27e6", "\u27e7")
+"""``⟦trained⟧`` around the tokens a sample trains on, in plain (piped) output."""
+
+
+def labelled_spans(ids: np.ndarray, trained: np.ndarray, tokenizer: Any) -> list[tuple[str, bool]]:
+    """``(text, trained)`` runs of a segment. Each run is the difference of two prefix decodes,
+    so spaces and merges at a run boundary come out as in the whole segment's text."""
+    cuts = [0, *(np.flatnonzero(np.diff(trained.astype(np.int8))) + 1).tolist(), len(ids)]
+    spans, before = [], ""
+    for start, end in zip(cuts[:-1], cuts[1:], strict=True):
+        upto = tokenizer.decode(ids[:end].tolist())
+        piece = (
+            upto[len(before) :]
+            if upto.startswith(before)
+            else tokenizer.decode(ids[start:end].tolist())
+        )
+        spans.append((piece, bool(trained[start])))
+        before = upto
+    return spans
+
+
 def decode_row(prefix: str | Path, row: int, tokenizer: Any) -> list[dict[str, Any]]:
-    """Row ``row`` as decoded segments: text, trained text, sample index, token count."""
+    """Row ``row`` as its samples and its padding.
+
+    Each sample: ``sample`` (index), ``start``, ``tokens``, ``trained`` (tokens with a label),
+    ``spans`` (``(text, trained)`` runs), ``text`` and ``trained_text``. The last entry is the
+    padding: ``sample`` None, ``padding`` True, ``tokens``, ``pad_ids`` (distinct ids used).
+    """
     data = open_sft_dataset(prefix)
     if not 0 <= row < len(data["input_ids"]):
         raise IndexError(f"row {row} out of range: the dataset has {len(data['input_ids'])} rows")
@@ -70,25 +96,87 @@ def decode_row(prefix: str | Path, row: int, tokenizer: Any) -> list[dict[str, A
     labels = np.asarray(data["labels"][row], np.int64)
     out, at = [], 0
     for sample, start, n in row_segments(prefix, row):
-        seg_ids, seg_labels = ids[at : at + n], labels[at : at + n]
-        trained = seg_ids[seg_labels != IGNORE_INDEX]
+        seg_ids, trained = ids[at : at + n], labels[at : at + n] != IGNORE_INDEX
+        spans = labelled_spans(seg_ids, trained, tokenizer) if n else []
         out.append(
             {
                 "sample": sample,
                 "start": start,
                 "tokens": n,
-                "text": tokenizer.decode(seg_ids.tolist()),
-                "trained_text": tokenizer.decode(trained.tolist()),
+                "trained": int(trained.sum()),
+                "spans": spans,
+                "text": "".join(text for text, _ in spans),
+                "trained_text": tokenizer.decode(seg_ids[trained].tolist()),
             }
         )
         at += n
-    out.append({"sample": None, "tokens": len(ids) - at, "text": "<padding>"})
+    pad = ids[at:]
+    out.append({"sample": None, "padding": True, "tokens": len(pad),
+                "trained": int((labels[at:] != IGNORE_INDEX).sum()),
+                "pad_ids": sorted(set(pad.tolist()))})  # fmt: skip
     return out
+
+
+def segment_title(seg: dict[str, Any]) -> str:
+    if seg.get("padding"):
+        ids = ", ".join(map(str, seg["pad_ids"])) or "-"
+        return f"padding: {seg['tokens']} tokens (pad id {ids}), {seg['trained']} trained"
+    return f"sample {seg['sample']}: {seg['tokens']} tokens, {seg['trained']} trained"
+
+
+def print_row(segments: list[dict[str, Any]], out: Any = None) -> None:
+    """The row, sample by sample. On a terminal trained text is green and the terminal wraps
+    lines; otherwise (piped) the text is written as is, trained spans inside ``⟦ ⟧``."""
+    out = out or sys.stdout
+    if out.isatty():
+        from rich.console import Console
+        from rich.text import Text
+
+        console = Console(file=out, soft_wrap=True, highlight=False)
+        console.print(f"trained text is [bold green]green[/]; {TRAINED_MARKS[0]} {TRAINED_MARKS[1]} "
+                      "mark it when piped")  # fmt: skip
+        for seg in segments:
+            console.rule(segment_title(seg))
+            text = Text()
+            for piece, trained in seg.get("spans", []):
+                text.append(piece, style="bold green" if trained else "")
+            if text:
+                console.print(text)
+        return
+    for seg in segments:
+        out.write(f"--- {segment_title(seg)} ---\n")
+        pieces = [f"{TRAINED_MARKS[0]}{t}{TRAINED_MARKS[1]}" if trained else t
+                  for t, trained in seg.get("spans", [])]  # fmt: skip
+        if pieces:
+            out.write("".join(pieces) + "\n")
+    out.flush()
+
+
+def print_labels(prefix: str | Path, row: int, tokenizer: Any, out: Any = None) -> None:
+    """One line per token: position, sample (or ``pad``), id, label (``-`` = not trained), token."""
+    out = out or sys.stdout
+    data = open_sft_dataset(prefix)
+    ids = np.asarray(data["input_ids"][row], np.int64)
+    labels = np.asarray(data["labels"][row], np.int64)
+    owner = np.full(len(ids), -1, np.int64)
+    at = 0
+    for sample, _, n in row_segments(prefix, row):
+        owner[at : at + n] = sample
+        at += n
+    tokens = tokenizer.convert_ids_to_tokens(ids.tolist())
+    out.write("pos\tsample\tid\tlabel\ttoken\n")
+    for pos, (tid, label, who, token) in enumerate(zip(ids, labels, owner, tokens, strict=True)):
+        shown = "-" if label == IGNORE_INDEX else str(int(label))
+        out.write(f"{pos}\t{'pad' if who < 0 else who}\t{tid}\t{shown}\t{token!r}\n")
+    out.flush()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prefix", help="the --output-prefix of `packft preprocess`")
     parser.add_argument("--row", type=int, default=None, help="decode this row")
+    parser.add_argument(
+        "--labels", action="store_true", help="with --row: one line per token with its label"
+    )
     parser.add_argument(
         "--tokenizer", default=None, help="tokenizer for --row (default: the one in the sidecar)"
     )
@@ -124,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
         except IndexError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        for seg in segments:
-            console.rule(f"sample {seg['sample']} ({seg['tokens']} tokens)")
-            console.print(seg["text"], markup=False, highlight=False)
+        if args.labels:
+            print_labels(args.prefix, args.row, tokenizer)
+        else:
+            print_row(segments)
     return 1 if problems else 0

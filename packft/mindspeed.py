@@ -6,8 +6,8 @@ What it does: (1) makes sure there is an mcore checkpoint with the requested TP/
 config, the training flags of the same TrainConfig and the pack switches MindSpeed needs
 (`--is-instruction-dataset --reset-attention-mask`, `--neat-pack` when the dataset carries segment
 ids, `--prompt-type`); (3) streams its output, echoing every line and forwarding each Megatron
-`iteration N/M | ... | lm loss: X | ...` line to the tracker as `loss`, `lr`, `grad_norm`,
-`step_time_s` (and `tflops_per_device` when printed); (4) prints the same one-line JSON summary
+`iteration N/M | ... | lm loss: X | ...` line to the tracker as `train/loss`, `train/lr`,
+`train/grad_norm`, `train/step_time_s` (the native trainer's names, `packft.metric_names`); (4) prints the same one-line JSON summary
 as the native engine. Only the command building and the log parsing are tested (on captured log
 text); it was not run against a real MindSpeed-LLM install here.
 """
@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from packft import metric_names
 
 ITERATION = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 FIELDS = {
@@ -135,7 +137,7 @@ def forward_log(lines: Iterable[str], tracker: Any, echo: Any = None) -> list[di
         if metrics:
             step = int(metrics.pop("step"))
             metrics.pop("train_iters")
-            tracker.log(metrics, step=step)
+            tracker.log(metric_names.named(metrics, metric_names.STEP), step=step)
             steps.append({"step": step, **metrics})
     return steps
 
@@ -186,7 +188,10 @@ def run_mindspeed(cfg: Any) -> int:
         save_hf_as_mcore(cfg.model, load_dir, cfg.tensor_model_parallel_size,
                          cfg.pipeline_model_parallel_size, overwrite=True)  # fmt: skip
     cmd = build_command(cfg, hf_config_of(cfg), load_dir, neat=neat)
-    tracker = make_tracker(cfg.tracking_uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking)
+    tracker = make_tracker(
+        cfg.tracking_uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking,
+        required=cfg.tracking_required,
+    )  # fmt: skip
     tracker.log_config({**cfg.model_dump(), "command": " ".join(cmd)})
     env = {**os.environ, "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
     proc = subprocess.Popen(cmd, cwd=cfg.mindspeed_home, env=env, text=True,

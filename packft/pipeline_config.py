@@ -69,6 +69,9 @@ class RunOptions(BaseModel):
     tracking_uri: str | None = Field(
         None, description="MLflow URI (default: MLFLOW_TRACKING_URI, else DATA/mlflow.db)"
     )
+    tracking_required: bool = Field(
+        False, description="fail the run when MLflow is unreachable (default: warn once, go on)"
+    )
     experiment: str | None = Field(None, description="MLflow experiment (default: the flow name)")
     refresh_sources: bool = Field(False, description="download URLs again even if cached")
     keep_previous: int = Field(

@@ -164,6 +164,7 @@ class EncodedBatch:
     truncated: int = 0
     dropped: int = 0
     marker_lost: int = 0  # truncated samples whose prompt lost a template marker
+    original_lengths: np.ndarray | None = None  # every valid sample's length before any cut
 
     def to_record_batch(self) -> pa.RecordBatch:
         return record_batch(self.ids, self.labels, self.offsets, self.source_rows)
@@ -184,6 +185,9 @@ class TokenizeStats:
     tokens: int = 0
     supervised_tokens: int = 0
     max_length: int = 0
+    length_counts: dict[int, int] = field(default_factory=dict)
+    """Samples per length before truncation (eod included), dropped samples too: the
+    length plot shows what the data was, not what the cut left (absent in older shards)."""
     template: str = ""
     tokenizer_sha256: str = ""
     input_sha256: str = ""
@@ -326,7 +330,8 @@ def encode_conversations(
     rows = np.fromiter((c.row for c in convs), np.int64, n)[keep_sample]
     truncated = int(np.count_nonzero(changed & keep_sample))
     dropped = n - int(keep_sample.sum())
-    return EncodedBatch(ids, labels, offsets, rows, truncated, dropped, marker_lost)
+    original = sample_len + (1 if options.append_eod else 0)
+    return EncodedBatch(ids, labels, offsets, rows, truncated, dropped, marker_lost, original)
 
 
 # --- running: in-process or an ordered window over spawn workers --------------------------------
@@ -548,6 +553,10 @@ def write_encoded(
             stats.tokens += int(lengths.sum())
             stats.supervised_tokens += int(np.count_nonzero(enc.labels != IGNORE_INDEX))
             stats.max_length = max(stats.max_length, int(lengths.max(initial=0)))
+            if enc.original_lengths is not None:
+                values, counts = np.unique(enc.original_lengths, return_counts=True)
+                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                    stats.length_counts[value] = stats.length_counts.get(value, 0) + count
             yield enc.to_record_batch()
             if progress is not None:
                 progress(len(lengths) + enc.dropped)

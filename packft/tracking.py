@@ -4,10 +4,16 @@ Everything in packft that records metrics (the preprocess job, the trainer, the 
 talks to a :class:`Tracker`: ``log`` (step metrics), ``log_dict`` (a JSON artifact),
 ``log_config`` (flattened params), ``close``, plus ``log_figure``, ``set_tags``, ``log_dataset``
 and ``child``. :func:`make_tracker` returns an :class:`MlflowTracker` or, when tracking is
-disabled, a :class:`NullTracker` that accepts every call and does nothing, so callers never
-branch on "is tracking on".
+disabled or unusable, a :class:`NullTracker` that accepts every call and does nothing, so
+callers never branch on "is tracking on".
 
 Guarantees:
+
+* Tracking never stops the work (:mod:`packft.tracking_link`): an http(s) server is probed
+  before the run is created (an unreachable one is known within ~7 s, and the run continues
+  untracked after one warning line); every later call is queued and sent by a background
+  thread, so a training step never waits for the server; a server that dies mid-run costs one
+  warning, no step. ``required=True`` (``--tracking-required``) turns both into an error.
 
 * ``mlflow`` is imported only here, and only when a real tracker is made (import costs ~1.5-2 s).
 * The tracker uses an explicit ``MlflowClient`` and run id, never MLflow's thread-local "active
@@ -30,10 +36,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
+import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -41,11 +50,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
+from packft.tracking_link import Link, TrackingUnavailable, probe, recently_lost
+
 __all__ = [
     "MlflowTracker",
     "nest_runs_under",
     "NullTracker",
     "Tracker",
+    "TrackingUnavailable",
     "data_dir",
     "default_tracking_uri",
     "flatten_params",
@@ -232,7 +244,11 @@ def _finite_number(value: Any) -> float | None:
 
 
 class MlflowTracker:
-    """One MLflow run, driven through an explicit client (thread-safe, no global active run)."""
+    """One MLflow run, driven through an explicit client (thread-safe, no global active run).
+
+    Creating the run talks to the store now (its id is needed); every later call is queued on
+    the run family's :class:`~packft.tracking_link.Link` and sent by its thread.
+    """
 
     def __init__(
         self,
@@ -242,20 +258,21 @@ class MlflowTracker:
         *,
         parent_run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        run_id: str | None = None,
+        link: Link | None = None,
+        owns_link: bool = True,
+        experiment_id: str | None = None,
     ) -> None:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        self._owns_link = owns_link  # the top-level run drains the link when it closes
+        self._link = link or Link(tracking_uri)
         self._client = MlflowClient(tracking_uri=tracking_uri)
         self._lock = threading.Lock()
         self._closed = False
         self._params: dict[str, str] = {}
-        self.experiment_id = self._experiment_id(experiment)
-        if run_id is not None:  # re-attach to an existing run (e.g. a resumed flow)
-            self.run_id = run_id
-            return
+        self.experiment_id = experiment_id or self._experiment_id(experiment)
         run_tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
@@ -291,7 +308,9 @@ class MlflowTracker:
             if number is not None:
                 batch.append(Metric(key=key, value=number, timestamp=now, step=int(step)))
         for start in range(0, len(batch), 1000):
-            self._client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+            self._link.send(
+                self._client.log_batch, self.run_id, metrics=batch[start : start + 1000]
+            )
 
     def log_config(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -301,27 +320,30 @@ class MlflowTracker:
             self._params.update(fresh)
         items = [Param(k, v) for k, v in fresh.items()]
         for start in range(0, len(items), 100):
-            self._client.log_batch(self.run_id, params=items[start : start + 100])
+            self._link.send(self._client.log_batch, self.run_id, params=items[start : start + 100])
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        self._client.log_dict(self.run_id, dict(data), artifact_file)
+        self._link.send(self._client.log_dict, self.run_id, _plain(data), artifact_file)
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
-        self._client.log_figure(self.run_id, fig, artifact_file)
+        """Rendered to PNG here (matplotlib stays on the caller's thread), uploaded later."""
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        self._link.send(self._upload, buffer.getvalue(), artifact_file)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self._client.log_artifact(self.run_id, str(local_path), artifact_path)
+        self._link.send(self._client.log_artifact, self.run_id, str(local_path), artifact_path)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Upload a directory (e.g. a small fine-tuned model)."""
-        self._client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self._link.send(self._client.log_artifacts, self.run_id, str(local_dir), artifact_path)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         if items:
-            self._client.log_batch(self.run_id, tags=items)
+            self._link.send(self._client.log_batch, self.run_id, tags=items)
 
     def log_dataset(
         self, name: str, source: str, digest: str, context: str = "input", **extra: Any
@@ -341,25 +363,44 @@ class MlflowTracker:
         tags = [InputTag("mlflow.data.context", context), InputTag("sha256", digest)]
         tags += [InputTag(str(k), str(v)) for k, v in extra.items()]
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=tags)
-        self._client.log_inputs(self.run_id, [entity])
+        self._link.send(self._client.log_inputs, self.run_id, [entity])
 
-    def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> MlflowTracker:
-        return MlflowTracker(
-            self.tracking_uri, self.experiment, run_name, parent_run_id=self.run_id, tags=tags
-        )
+    def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Tracker:
+        """A nested run sharing this run's link; a :class:`NullTracker` once tracking is lost."""
+        made = self._link.call(
+            MlflowTracker, self.tracking_uri, self.experiment, run_name,
+            parent_run_id=self.run_id, tags=tags, link=self._link,
+            owns_link=False, experiment_id=self.experiment_id,
+        )  # fmt: skip
+        return made if made is not None else NullTracker()
 
     def close(self, status: str = "FINISHED") -> None:
+        """End the run; the top-level run also waits (bounded) until everything is sent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._client.set_terminated(self.run_id, status=status)
+        self._link.send(self._client.set_terminated, self.run_id, status=status)
+        if self._owns_link:
+            self._link.close()
+
+    def _upload(self, data: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="packft-artifact-") as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self._client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
 
     def __enter__(self) -> MlflowTracker:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.close("FAILED" if exc_type else "FINISHED")
+
+
+def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-safe deep copy, taken now (the caller may change ``data`` before it is sent)."""
+    return json.loads(json.dumps(dict(data), default=str))
 
 
 def make_tracker(
@@ -370,6 +411,8 @@ def make_tracker(
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
     enabled: bool = True,
+    required: bool = False,
+    untracked_hint: str = "",
 ) -> Tracker:
     """Open a run (nested under ``parent_run_id`` when given) or a :class:`NullTracker`.
 
@@ -381,9 +424,13 @@ def make_tracker(
             the run given to an enclosing :func:`nest_runs_under`.
         tags: initial run tags.
         enabled: False returns a :class:`NullTracker` without importing mlflow.
+        required: an unusable store raises :class:`TrackingUnavailable` (now, or at the first
+            call after it fails) instead of warning once and continuing untracked.
+        untracked_hint: appended to that warning: where the data still is, how to import it.
 
     Raises:
         ValueError: the experiment name is empty.
+        TrackingUnavailable: ``required`` and the store is unreachable or failing.
     """
     if not enabled:
         return NullTracker()
@@ -393,10 +440,14 @@ def make_tracker(
         tracking_uri = tracking_uri or parent_uri
     if not experiment:
         raise ValueError("make_tracker: experiment name is empty; pass e.g. 'pack-dataset'.")
-    return MlflowTracker(
-        resolve_tracking_uri(tracking_uri),
-        experiment,
-        run_name,
-        parent_run_id=parent_run_id,
-        tags=tags,
+    uri = resolve_tracking_uri(tracking_uri)
+    link = Link(uri, required=required, hint=untracked_hint)
+    known = recently_lost(uri)
+    if known is not None:
+        link.lose(known, quiet=True)  # this process has already warned about this store
+    elif (reason := probe(uri)) is not None:
+        link.lose(f"unreachable: {reason}")
+    tracker = link.call(
+        MlflowTracker, uri, experiment, run_name, parent_run_id=parent_run_id, tags=tags, link=link
     )
+    return tracker if tracker is not None else NullTracker()

@@ -14,8 +14,11 @@ Checkpoints live in `packft.checkpoint`: every --save-interval steps
 `{save}/checkpoints/iter_{step:07d}` (written atomically), at the end `{save}/hf` (with
 --save-mcore also `{save}/mcore`). `--resume` restores model, optimizer, scheduler, sampler, step
 and RNG, so a run killed after step k and resumed ends with bit-identical weights
-(tests/test_train.py). Per-step metrics go to the tracker
-(`loss`, `lr`, `grad_norm`, `tokens_per_s`, `padding_fraction`) and to `{save}/train_log.jsonl`.
+(tests/test_train.py). Per-step metrics go to the tracker (`train/loss`, `train/lr`,
+`train/grad_norm`, `train/tokens_per_s`, `train/padding_fraction`: `packft.metric_names`) and
+to `{save}/train_log.jsonl`. The tracker never blocks a step (`packft.tracking_link`): an
+unreachable or dying MLflow server costs one warning line, and `packft track-import SAVE`
+replays the run later (`packft.train_tracking`); `--tracking-required` makes it fatal instead.
 The command ends by printing one JSON line (steps, first/final loss, real tokens/s, checkpoint).
 Measured on this shared 2-core CPU (load ~8): a 2-layer 32-dim Llama with the 32k llama2 vocab
 trains 256-512-token rows at ~100-1,000 real tokens/s (the vocab projection dominates); 2 gloo
@@ -41,6 +44,7 @@ import torch.distributed as dist  # noqa: E402
 from pydantic import BaseModel, Field, model_validator
 
 from packft import device as devices  # sets TORCH_DEVICE_BACKEND_AUTOLOAD before torch loads
+from packft import metric_names, train_tracking
 from packft.checkpoint import (  # noqa: F401 (those unused here are re-exported: they lived here)
     barrier,
     checkpoint_root,
@@ -92,6 +96,9 @@ class TrainConfig(BaseModel):
     save_mcore: bool = Field(False, description="also write {save}/mcore (TP/PP as given)")
     engine: Literal["native", "mindspeed"] = Field("native", description="trainer to run")
     tracking: bool = Field(True, description="log to MLflow (--no-tracking to disable)")
+    tracking_required: bool = Field(
+        False, description="fail when MLflow is unreachable (default: warn once, train on)"
+    )
     tracking_uri: str | None = Field(None, description="MLflow URI (default: project SQLite)")
     experiment: str = Field("packft-train", description="MLflow experiment name")
     run_name: str | None = Field(None, description="MLflow run name")
@@ -156,13 +163,15 @@ def run(args: argparse.Namespace) -> int:
 def train(cfg: TrainConfig) -> dict[str, Any] | None:
     """Set up, build, run the step loop, save; returns the summary on rank 0 (None elsewhere)."""
     env = setup_distributed(cfg)
+    require_inputs(cfg)  # before any tracking store, run or save dir exists
     tracker, status = open_tracker(cfg, env), "FAILED"
     try:
         parts = build(cfg, env)
         summary = fit(cfg, env, parts, tracker)
         if summary["steps"] == cfg.train_iters:
             summary["checkpoint"] = save_final(cfg, env, parts.model)
-        tracker.log_dict(summary, "train_summary.json")
+        if env.main:
+            train_tracking.finish(tracker, cfg.save, summary)
         status = "FINISHED"
         return summary if env.main else None
     finally:
@@ -184,12 +193,47 @@ def setup_distributed(cfg: TrainConfig) -> DistEnv:
     return DistEnv(rank=rank, world=world, device=device, bf16=bf16)
 
 
-def open_tracker(cfg: TrainConfig, env: DistEnv) -> Any:
-    from packft.tracking import make_tracker
+def require_inputs(cfg: TrainConfig) -> None:
+    """A missing dataset or model fails here, before anything is created."""
+    from packft.indexed import SFT_KEYS, sft_prefix
 
-    tracker = make_tracker(
-        cfg.tracking_uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking and env.main
+    wanted = [f"{sft_prefix(cfg.data_path, k)}.{ext}" for k in SFT_KEYS for ext in ("bin", "idx")]
+    missing = [p for p in wanted if not Path(p).exists()]
+    if missing:
+        found = sorted(p.name for p in Path(cfg.data_path).parent.glob("*_packed_*_document.idx"))
+        raise FileNotFoundError(
+            f"--data-path {cfg.data_path}: missing {', '.join(missing)}; found there: "
+            f"{found or 'nothing'}. Write it with `packft preprocess ... --output-prefix PREFIX` "
+            "and pass that PREFIX"
+        )
+    if cfg.model and not (Path(cfg.model) / "config.json").exists():
+        raise FileNotFoundError(
+            f"--model {cfg.model}: no config.json there; pass a Hugging Face model directory "
+            "or --load MCORE_DIR (convert with `packft convert-ckpt`)"
+        )
+    if cfg.load and not Path(cfg.load).is_dir():
+        raise FileNotFoundError(
+            f"--load {cfg.load}: no such directory; pass a Megatron-mcore checkpoint directory "
+            "(write one with `packft convert-ckpt --save-model-type mg`)"
+        )
+
+
+def open_tracker(cfg: TrainConfig, env: DistEnv) -> Any:
+    """The run's tracker (rank 0); ``{save}/train_config.json`` is written for a later import."""
+    from packft.tracking import make_tracker, resolve_tracking_uri
+
+    if not env.main:
+        return make_tracker(None, cfg.experiment, enabled=False)
+    train_tracking.write_config(cfg.save, cfg.model_dump(mode="json"))
+    uri = resolve_tracking_uri(cfg.tracking_uri) if cfg.tracking else None
+    hint = (
+        f"; every step is still written to {Path(cfg.save) / train_tracking.LOG_FILE}: import "
+        f"it later with `packft track-import {cfg.save} --tracking-uri {uri}`"
     )
+    tracker = make_tracker(
+        uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking,
+        required=cfg.tracking_required, untracked_hint=hint,
+    )  # fmt: skip
     tracker.log_config(cfg.model_dump())
     return tracker
 
@@ -368,7 +412,7 @@ def fit(cfg: TrainConfig, env: DistEnv, p: Parts, tracker: Any) -> dict[str, Any
                 real_total, time_total = real_total + real_tokens, time_total + elapsed
             done = step
             if env.main:
-                tracker.log(metrics, step=step)
+                tracker.log(metric_names.named(metrics, metric_names.STEP), step=step)
                 with log_path.open("a") as fh:
                     fh.write(json.dumps({"step": step, **metrics}) + "\n")
                 advance(step, metrics, cfg.log_interval)
@@ -383,7 +427,6 @@ def fit(cfg: TrainConfig, env: DistEnv, p: Parts, tracker: Any) -> dict[str, Any
         "world_size": env.world,
         "device": env.device.type,
     }
-    tracker.log({f"summary_{k}": v for k, v in summary.items() if isinstance(v, float)}, step=done)
     return summary
 
 
@@ -432,13 +475,6 @@ def progress_bar(enabled: bool, start: int, total: int):
 
 
 def log_dataset_stats(dataset: Any, tracker: Any) -> None:
-    """Sidecar (`{prefix}.packft.json`) as params `dataset.*`, its numeric stats as metrics."""
-    sidecar = dataset.sidecar()
+    """The dataset trained on: sidecar as params, its figures as ``data/*`` metrics."""
     base = {"mode": dataset.mode, "rows": len(dataset), "seq_length": dataset.seq_length}
-    tracker.log_config({"dataset": {**base, **sidecar}})
-    stats = sidecar.get("stats", {})
-    numbers = {f"dataset_{k}": v for k, v in stats.items() if isinstance(v, int | float)}
-    if numbers:
-        tracker.log(numbers, step=0)
-    if sidecar:
-        tracker.log_dict(sidecar, "dataset_sidecar.json")
+    train_tracking.log_dataset(tracker, dataset.sidecar(), base)

@@ -18,7 +18,9 @@ from prefect import task
 
 from tasks.caching import content_cache, tree_sha256
 
-TRAIN_IGNORED = ("tracking", "tracking_uri", "experiment", "run_name", "log_interval")
+TRAIN_IGNORED = (
+    "tracking", "tracking_uri", "tracking_required", "experiment", "run_name", "log_interval",
+)  # fmt: skip
 """TrainConfig fields that do not change the trained weights."""
 
 

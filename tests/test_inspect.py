@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from packft.cli import main
-from packft.inspect import decode_row, load_sidecar
+from packft.inspect import TRAINED_MARKS, decode_row, load_sidecar
 from packft.pack import PackPlan
 
 
@@ -32,7 +32,42 @@ def test_prints_stats_and_decodes_a_row(dataset: Path, alpaca_en_path: Path, cap
     the_plan = PackPlan.load(f"{dataset}.packft.plan.npz")
     first = int(the_plan.row(2)[0][0])  # sample index == record index (no rejects here)
     assert records[first]["instruction"].split("\n")[0][:40] in out
-    assert "<padding>" in out
+    segments = decode_row(dataset, 2, _tokenizer(dataset))
+    padding = segments[-1]
+    assert f"--- padding: {padding['tokens']} tokens (pad id " in out
+    for seg in segments[:-1]:  # piped: each sample's text on its own lines, never re-wrapped
+        assert (
+            f"--- sample {seg['sample']}: {seg['tokens']} tokens, {seg['trained']} trained" in out
+        )
+        marked = "".join(f"{TRAINED_MARKS[0]}{t}{TRAINED_MARKS[1]}" if trained else t
+                         for t, trained in seg["spans"])  # fmt: skip
+        assert marked in out
+    assert max(len(line) for line in out.splitlines()) > 120  # rich would have cut at 80
+
+
+def _tokenizer(prefix: Path):
+    from packft.templates import load_tokenizer
+
+    side = load_sidecar(prefix)
+    return load_tokenizer(side["tokenizer"], side["template"])
+
+
+def test_labels_columns_show_every_token(dataset: Path, capsys) -> None:
+    import numpy as np
+
+    from packft.indexed import open_sft_dataset
+
+    assert main(["inspect", str(dataset), "--row", "1", "--labels"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("pos\tsample\tid\tlabel\ttoken\n") :].splitlines()[1:]
+    data = open_sft_dataset(dataset)
+    ids, labels = np.asarray(data["input_ids"][1]), np.asarray(data["labels"][1])
+    assert len(table) == 1024 == len(ids)
+    cols = [line.split("\t") for line in table]
+    assert [int(c[2]) for c in cols] == ids.tolist()
+    assert [c[3] == "-" for c in cols] == (labels == -100).tolist()
+    assert all(int(c[3]) == int(c[2]) for c in cols if c[3] != "-")  # a label is the token
+    assert cols[-1][1] == "pad" and cols[-1][3] == "-"  # padding is named and never trained
 
 
 def test_decode_row_segments_and_trained_text(dataset: Path, llama2_tokenizer_dir) -> None:
@@ -40,11 +75,14 @@ def test_decode_row_segments_and_trained_text(dataset: Path, llama2_tokenizer_di
 
     tok = load_tokenizer(llama2_tokenizer_dir, "llama2")
     segs = decode_row(dataset, 0, tok)
-    assert segs[-1]["text"] == "<padding>" and segs[-1]["tokens"] >= 1
+    assert segs[-1]["padding"] and segs[-1]["tokens"] >= 1 and segs[-1]["trained"] == 0
     assert sum(s["tokens"] for s in segs) == 1024
     for seg in segs[:-1]:
         assert seg["text"].startswith("<s>") and "[/INST]" in seg["text"]
         assert "[INST]" not in seg["trained_text"]  # prompts are masked
+        trained = [text for text, is_trained in seg["spans"] if is_trained]
+        assert trained and not any("[INST]" in t or "[/INST]" in t for t in trained)
+        assert seg["spans"][0] == (seg["spans"][0][0], False)  # a sample opens with its prompt
     with pytest.raises(IndexError, match="out of range"):
         decode_row(dataset, 10_000, tok)
 

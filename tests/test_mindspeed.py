@@ -70,8 +70,8 @@ def test_forward_log_sends_loss_lines_to_the_tracker():
     tracker = Recorder()
     steps = mindspeed.forward_log(LOG.splitlines(keepends=True), tracker)
     assert [s for s, _ in tracker.metrics] == [1, 2, 3]
-    assert [m["loss"] for _, m in tracker.metrics] == [1.734512, 1.512, 1.402]
-    assert all({"loss", "lr", "grad_norm"} <= set(m) for _, m in tracker.metrics)
+    assert [m["train/loss"] for _, m in tracker.metrics] == [1.734512, 1.512, 1.402]
+    assert all({"train/loss", "train/lr", "train/grad_norm"} <= set(m) for _, m in tracker.metrics)
     assert steps[-1]["step"] == 3
 
 

@@ -126,6 +126,8 @@ def test_samples_that_fit_are_untouched_and_drop_mode_counts():
     b = _encode([TWO_TURNS, short], 50, overlong="drop")
     assert (b.dropped, b.truncated, b.source_rows.tolist()) == (1, 0, [7])
     assert _sample(b, 0)[0] == [1, 518, 25580, 29962, 7251, 518, 29914, 25580, 29962, 3431, 2]
+    # lengths before any cut: the dropped sample is counted too (the length plot shows it)
+    assert b.original_lengths.tolist() == [51, 11]
 
 
 def test_infer_seqlen_hand_computed():
@@ -305,6 +307,11 @@ def test_shard_reader_samples_header_and_stats(tmp_path, alpaca_zh_path, llama2_
         np.count_nonzero(table.column("labels").combine_chunks().flatten().to_numpy() != X)
     )
     assert saved["truncated"] == stats.truncated > 0  # some zh samples exceed 300 tokens
+    before = {int(k): v for k, v in saved["length_counts"].items()}  # pre-truncation lengths
+    assert sum(before.values()) == saved["valid"] == len(r.lengths)
+    assert sum(n for length, n in before.items() if length > 300) == saved["truncated"]
+    assert sum(k * n for k, n in before.items()) > saved["tokens"]  # the cut tokens
+    assert stats.length_counts == before
     assert r.header["template"] == "llama2" and r.header["options"]["seq_length"] == 300
     # the write step pads and sizes input_ids from these, without loading the tokenizer
     tok = _tok(str(llama2_tokenizer_dir), "llama2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,106 @@ def test_nest_runs_under_adopts_parent_experiment_and_uri(store: str, tmp_path: 
     assert got.info.experiment_id == stage.experiment_id
     assert [a.path for a in client.list_artifacts(inner.run_id, "model")] == ["model/config.json"]
     assert "mlflow.parentRunId" not in client.get_run(outside.run_id).data.tags
+
+
+# --- the link: tracking never blocks or stops the caller ------------------------------------
+
+
+def test_link_sends_in_order_on_its_own_thread() -> None:
+    from packft.tracking_link import Link
+
+    link, seen = Link("sqlite:///unused.db"), []
+    for i in range(50):
+        link.send(lambda i=i: seen.append((i, threading.current_thread().name)))
+    link.close()
+    assert [i for i, _ in seen] == list(range(50))
+    assert {name for _, name in seen} == {"packft-tracking"}
+    link.send(lambda: seen.append((50, "again")))  # a send after close starts a new sender
+    link.close()
+    assert seen[-1] == (50, "again") and link.lost is None
+    slow = threading.Event()  # a server that takes its time: the caller does not wait for it
+    started = time.monotonic()
+    for _ in range(100):
+        link.send(slow.wait, 0.05)
+    assert time.monotonic() - started < 0.5  # 100 calls queued; sending them takes >= 5 s
+    link.close()
+
+
+def test_link_failure_warns_once_and_drops_later_calls(caplog: pytest.LogCaptureFixture) -> None:
+    from packft.tracking_link import Link, recently_lost
+
+    link, seen = Link("http://127.0.0.1:9/lost-once", hint="; data in x.jsonl"), []
+
+    def fail() -> None:
+        raise ConnectionError("HTTPConnectionPool: Max retries ([Errno 111] Connection refused)")
+
+    with caplog.at_level("WARNING", logger="packft.tracking"):
+        link.send(fail)
+        link.close()
+        for i in range(3):
+            link.send(seen.append, i)  # dropped at once, no error
+        assert link.call(lambda: "made") is None
+        link.close()
+    assert seen == []
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "packft: MLflow tracking at http://127.0.0.1:9/lost-once failed ([Errno 111] Connection "
+        "refused); the run continues untracked; data in x.jsonl"
+    )
+    assert recently_lost("http://127.0.0.1:9/lost-once") == "[Errno 111] Connection refused"
+
+
+def test_required_link_raises_at_the_next_call(caplog: pytest.LogCaptureFixture) -> None:
+    from packft.tracking_link import Link, TrackingUnavailable
+
+    link = Link("http://127.0.0.1:9/required", required=True)
+    link.send(lambda: 1 / 0)
+    with pytest.raises(TrackingUnavailable, match="--tracking-required"):
+        link.close()
+    with pytest.raises(TrackingUnavailable, match=r"failed \(division by zero\)"):
+        link.send(print)
+    assert not caplog.records  # the error is the message; no warning besides it
+
+
+def test_close_gives_up_on_a_server_that_never_answers() -> None:
+    from packft.tracking_link import Link
+
+    link, release = Link("http://127.0.0.1:9/hung"), threading.Event()
+    link.send(release.wait, 30)
+    started = time.monotonic()
+    link.close(idle_s=0.5)
+    assert time.monotonic() - started < 5
+    assert link.lost is not None and link.lost.startswith("no answer for")
+    release.set()
+
+
+def test_required_unreachable_store_raises_at_once() -> None:
+    from packft.tracking import TrackingUnavailable, make_tracker
+
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match="unreachable: .*Connection refused"):
+        make_tracker("http://127.0.0.1:1/required-now", "x", required=True)
+    assert time.monotonic() - started < 10
+
+
+def test_readme_lists_every_metric_name() -> None:
+    from packft import metric_names
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Tracking") :]
+    for name in metric_names.all_names():
+        assert f"| `{name}` |" in section, name
+    assert set(metric_names.HEADLINE) <= set(metric_names.all_names())
+
+
+def test_track_import_refuses_a_wrong_dir_or_unreachable_store(tmp_path: Path, capsys) -> None:
+    from packft.cli import main
+
+    assert main(["track-import", str(tmp_path), "--tracking-uri", "sqlite:///unused.db"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "train_log.jsonl not found" in line
+    assert not Path("unused.db").exists()
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    assert main(["track-import", str(tmp_path), "--tracking-uri", "http://127.0.0.1:1/im"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unreachable" in line and "tracking is required" in line

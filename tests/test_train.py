@@ -214,8 +214,16 @@ def test_mlflow_receives_step_metrics_and_config(setup, tmp_path):
     exp = client.get_experiment_by_name("t-train")
     run = client.search_runs([exp.experiment_id])[0]
     for name in ("loss", "lr", "grad_norm", "tokens_per_s", "padding_fraction"):
-        assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
+        assert len(client.get_metric_history(run.info.run_id, f"train/{name}")) == 2, name
     assert run.data.params["global_batch_size"] == "2"
     assert run.data.params["dataset.mode"] == "neat"
     assert run.data.params["dataset.template"] == "llama2"  # from the preprocess sidecar
-    assert client.get_metric_history(run.info.run_id, "dataset_efficiency")[0].value > 0
+    assert client.get_metric_history(run.info.run_id, "data/seq_utilization")[0].value > 0
+    assert (
+        run.data.metrics["train/final_loss"] > 0 and "train/mean_tokens_per_s" in run.data.metrics
+    )
+    assert run.data.params["train.steps"] == "2"
+    assert not any(k.startswith("summary_") or k.startswith("dataset_") for k in run.data.metrics)
+    plots = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
+    assert plots == ["plots/loss_lr.png"]
+    assert (setup["root"] / "ml" / "plots" / "loss_lr.png").read_bytes()[:4] == b"\x89PNG"

@@ -101,8 +101,11 @@ def test_cache_then_incremental_change(
     assert run.data.tags["prefect.flow_run_id"] == third["flow_run_id"]
     assert run.data.tags["prefect.deployment"] == "none"
     assert run.data.params["preprocess.seq_length"] == "512"
-    assert run.data.metrics["efficiency"] == pytest.approx(third["stats"]["efficiency"])
-    assert run.data.metrics["diff.samples_removed"] == 5
+    assert run.data.metrics["data/seq_utilization"] == pytest.approx(third["stats"]["efficiency"])
+    assert run.data.metrics["data/samples_removed"] == 5
+    assert run.data.params["stats.lower_bound_rows"] == str(third["stats"]["lower_bound_rows"])
+    assert not [k for k in run.data.metrics if not k.startswith("data/")]  # constants: params
+    assert len(run.data.metrics) <= 13
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/sample_lengths.png", "plots/row_fill.png"}
     digests = {i.dataset.digest for i in run.inputs.dataset_inputs}
@@ -112,8 +115,29 @@ def test_cache_then_incremental_change(
     )
     stages = {c.info.run_name: c for c in children}
     assert set(stages) == {"validate", "tokenize", "pack", "publish"}
-    assert stages["validate"].data.metrics["valid"] == 176
-    assert stages["tokenize"].data.metrics["written"] == 176
+    assert stages["validate"].data.metrics["data/samples_valid"] == 176
+    assert stages["tokenize"].data.metrics["data/samples_valid"] == 176
+    assert stages["tokenize"].data.params["stats.written"] == "176"
+
+
+def test_dead_tracking_server_does_not_fail_the_flow(
+    prefect_api: None, fresh_inputs: list[Path], tmp_path: Path, caplog
+) -> None:
+    from flows.pack_dataset import pack_dataset
+    from packft.tracking import TrackingUnavailable
+
+    cfg = pack_config(fresh_inputs[0], tmp_path)
+    dead = cfg.run.model_copy(update={"tracking_uri": "http://127.0.0.1:1/flow"})
+    with caplog.at_level("WARNING", logger="packft.tracking"):
+        summary = pack_dataset(config=cfg.model_copy(update={"run": dead}))
+    assert (
+        summary["changed"] and summary["stats"]["valid"] == 60 and summary["mlflow_run_id"] is None
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "packft.tracking"]
+    assert "unreachable" in warning and "Prefect artifact" in warning
+    required = dead.model_copy(update={"tracking_required": True})
+    with pytest.raises(TrackingUnavailable, match="tracking is required"):
+        pack_dataset(config=cfg.model_copy(update={"run": required}))
 
 
 def test_failed_run_resumes_from_cache(

@@ -52,8 +52,19 @@ def test_pipeline_trains_on_the_packed_version(
     p, t = pack_run.info.run_name, tune_run.info.run_name
     assert {f"{p}/tokenize", f"{p}/pack", f"{t}/train", f"{t}/train/trainer"} <= paths_seen
     trainer = next(r for r in runs if path_of(r) == f"{t}/train/trainer")
-    assert len(client.get_metric_history(trainer.info.run_id, "loss")) == 3
+    assert len(client.get_metric_history(trainer.info.run_id, "train/loss")) == 3
     assert trainer.data.params["data_path"] == pack["prefix"]  # trained on the version written
+    # the top-level run: headline figures, the loss curve and the loss/lr plot
+    assert set(root.data.metrics) == {
+        "data/seq_utilization", "data/samples_in", "data/samples_valid", "data/samples_rejected",
+        "train/final_loss", "train/mean_tokens_per_s", "run/seconds", "train/loss",
+    }  # fmt: skip
+    assert root.data.metrics["data/samples_rejected"] == 7
+    assert root.data.metrics["train/final_loss"] == pytest.approx(tune["train"]["final_loss"])
+    assert [m.step for m in client.get_metric_history(root.info.run_id, "train/loss")] == [1, 2, 3]
+    assert [a.path for a in client.list_artifacts(root.info.run_id, "plots")] == [
+        "plots/loss_lr.png"
+    ]
 
     again = pipeline(overrides=overrides)
     assert not again["pack"]["changed"]

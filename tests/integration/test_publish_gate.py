@@ -61,10 +61,12 @@ def assert_refused(state: Any, client: Any, latest: Path, good: str, tmp_path: P
     run = mlflow_run_of(client, flow_run_id)
     assert run.info.status == "FAILED" and run.data.tags["packft.publish"] == "refused"
     assert run.data.tags["packft.unpublished_version"] == Path(refused.version).name
-    assert run.data.metrics["diff.samples_removed"] == refused.diff["samples_removed"]
-    assert run.data.metrics["diff.samples_before"] == refused.diff["samples_before"]
+    assert run.data.metrics["data/samples_removed"] == refused.diff["samples_removed"]
+    assert run.data.metrics["publish/published"] == 0
+    assert int(run.data.params["diff.samples_before"]) == refused.diff["samples_before"]
     stage = publish_stage(client, run)
-    assert stage.data.metrics["published"] == 0 and stage.data.metrics["gate.passed"] == 0
+    assert stage.data.metrics["publish/published"] == 0
+    assert stage.data.metrics["publish/gate_passed"] == 0
     saved = json.loads(
         Path(
             client.download_artifacts(run.info.run_id, "publish_refused.json", tmp_path)
@@ -104,7 +106,7 @@ def test_gate_refuses_regressions_and_the_override_publishes(
     refused = assert_refused(state, client, latest, good, tmp_path / "a")
     assert refused["diff"]["samples_removed"] == 0 and len(refused["problems"]) == 1
     assert "efficiency falls from" in refused["problems"][0]
-    assert refused["stage"].data.metrics["gate.efficiency_drop"] > 0.05
+    assert refused["stage"].data.metrics["publish/efficiency_drop"] > 0.05
 
     # two of the three files cut to 5 records each: 110 of 180 samples gone
     for path in fresh_inputs[1:]:
@@ -113,7 +115,7 @@ def test_gate_refuses_regressions_and_the_override_publishes(
     refused = assert_refused(state, client, latest, good, tmp_path / "b")
     assert refused["diff"]["samples_removed"] == 110 and refused["diff"]["samples_before"] == 180
     assert "removes 110 of 180 samples (61.1% > max_removed_fraction 20%)" in refused["problems"]
-    assert refused["stage"].data.metrics["gate.removed_fraction"] == pytest.approx(110 / 180)
+    assert refused["stage"].data.metrics["publish/removed_fraction"] == pytest.approx(110 / 180)
 
     # the override publishes exactly the refused version (not rebuilt) and says it was forced
     forced_run = cfg.run.model_copy(update={"force_publish": True})
@@ -123,6 +125,6 @@ def test_gate_refuses_regressions_and_the_override_publishes(
     assert latest.resolve() == Path(refused["version"]).resolve()
     run = client.get_run(forced["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["packft.publish"] == "forced"
-    assert run.data.metrics["diff.samples_removed"] == 110
+    assert run.data.metrics["data/samples_removed"] == 110
     (artifact,) = flow_artifacts(forced["flow_run_id"])
     assert "FORCED past: removes 110 of 180 samples" in artifact.data
