@@ -61,4 +61,8 @@ def stats_table(stats: dict[str, Any], title: str = "packft dataset") -> Any:
         if key in stats:
             value = stats[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if key == "rejected_total":  # then one row per reject reason, most frequent first
+            reasons = sorted((stats.get("rejected") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+            for reason, count in reasons:
+                table.add_row(f"  rejected: {reason}", str(count))
     return table

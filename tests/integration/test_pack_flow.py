@@ -76,7 +76,7 @@ def test_cache_then_incremental_change(
     recorded = recorded_states(second["flow_run_id"])
     assert recorded == Counter(
         {"validate:Cached": 3, "tokenize:Cached": 3, "pack:Cached": 1, "write:Cached": 1,
-         "download:Completed": 1, "publish:Completed": 1,
+         "download:Completed": 1, "quality-gate:Completed": 1, "publish:Completed": 1,
          "tokenize-shards:Completed": 1}  # the subflow's wrapper task run
     )  # fmt: skip
 
