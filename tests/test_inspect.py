@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from packft.cli import main
+from packft.errors import UsageError
 from packft.inspect import decode_row, load_sidecar
 from packft.pack import PackPlan
 
@@ -45,7 +46,7 @@ def test_decode_row_segments_and_trained_text(dataset: Path, llama2_tokenizer_di
     for seg in segs[:-1]:
         assert seg["text"].startswith("<s>") and "[/INST]" in seg["text"]
         assert "[INST]" not in seg["trained_text"]  # prompts are masked
-    with pytest.raises(IndexError, match="out of range"):
+    with pytest.raises(UsageError, match="out of range"):
         decode_row(dataset, 10_000, tok)
 
 
@@ -59,5 +60,5 @@ def test_reports_inconsistent_or_missing_files(dataset: Path, tmp_path: Path, ca
     assert main(["inspect", str(copy)]) == 1
     assert "inconsistent" in capsys.readouterr().out
     Path(f"{copy}.packft.json").unlink()
-    assert main(["inspect", str(copy)]) == 2
+    assert main(["inspect", str(copy)]) == 1  # a missing file is a data error, not usage
     assert "without a sidecar" in capsys.readouterr().err
