@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if args.row is not None:
         from packft.templates import load_tokenizer
 
+        row_segments(args.prefix, args.row)  # an out-of-range row fails before the tokenizer loads
+
         tokenizer = load_tokenizer(args.tokenizer or sidecar["tokenizer"], sidecar["template"])
         segments = decode_row(args.prefix, args.row, tokenizer)
         for seg in segments:

@@ -93,7 +93,7 @@ def _first_reject(counts: Iterable[InputCounts]) -> str | None:
 def _failure(result: GateResult, counts: list[InputCounts], why: str) -> QualityGateError:
     parts = [f"quality gate: {why}"]
     if result.rejected:
-        top = Counter(result.rejected).most_common(TOP_REASONS)
+        top = sorted(result.rejected.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
         more = len(result.rejected) - len(top)
         parts.append(
             "rejected: " + ", ".join(f"{reason} {n:,}" for reason, n in top)
