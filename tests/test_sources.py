@@ -757,3 +757,20 @@ def test_download_cut_short_with_content_length_is_an_error(
     with pytest.raises(DownloadError, match=rf"giving up.*expected {len(PAYLOAD)}"):
         fetch_url(url, tmp_path, retries=0, known_suffixes=sources.KNOWN_SUFFIXES)
     assert not (tmp_path / "urls.json").exists() and not list((tmp_path / "blobs").glob("*"))
+
+
+def test_arrow_json_prescan_counts_per_line_across_blocks(tmp_path: Path, monkeypatch) -> None:
+    from packft.json_text import fits_arrow_json
+
+    monkeypatch.setattr(readers, "_BLOCK", 16)  # lines straddle many blocks
+    path = tmp_path / "p.jsonl"
+    lines = ['{"a": [1, [2]], "b": "' + "x" * 40 + '"}', '{"c": [[[0]]]}']  # 3 and 4 opens
+    path.write_text("\n".join(lines) + "\n")
+    assert fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=64))  # 64 bytes
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=3, max_bytes=64))
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=63))
+    path.write_text(lines[1] + "\n" + lines[0])  # the last line has no newline
+    assert fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=64))
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=63))
+    path.write_text(lines[0] + "\n" + '{"d": [[[[[')  # 6 opens in the unterminated tail
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=64))
