@@ -486,9 +486,9 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
+    inputs = fetch_inputs(cfg)  # a bad --input fails before any progress output
+    lap("fetch")
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
-        inputs = fetch_inputs(cfg)
-        lap("fetch")
         shards = []
         for path in inputs:
             task = bar.add_task(f"tokenize {path.name}", total=None)
