@@ -98,14 +98,11 @@ def finetune_flow(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.finetune [CONFIG.yaml] [--set section.key=VALUE ...]``."""
-    from flows.cli import checked_config, parse_flow_args
+    from flows.cli import run_flow_main
 
-    config_file, overrides = parse_flow_args("python -m flows.finetune", argv)
-    cfg = checked_config(FinetuneConfig, config_file, overrides)
-    if cfg is None:
-        return 2
-    finetune_flow(config=cfg)
-    return 0
+    return run_flow_main(
+        "python -m flows.finetune", argv, FinetuneConfig, lambda cfg: finetune_flow(config=cfg)
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""``pack-dataset``: download -> validate -> tokenize (per file, parallel) -> pack -> write -> publish.
+"""``pack-dataset``: download -> validate -> quality gate -> tokenize (per file, parallel) -> pack
+-> write -> publish.
+
+The quality gate (``tasks.ingest.quality_gate``, the same check as ``packft preprocess``) fails
+the run when too few records are valid, before anything is tokenized, written or published.
 
 Every expensive task is cached on content (see ``tasks/caching.py``), so a second identical run
 finishes from the cache, a changed input re-tokenizes only that file, and a failed run re-run
@@ -33,7 +37,7 @@ from flows.runners import make_task_runner
 from packft.pipeline_config import PackDatasetConfig, load_flow_config
 from packft.publish_gate import PublishRefused
 from tasks.caching import FileRef
-from tasks.ingest import download, validate, validate_settings
+from tasks.ingest import download, quality_gate, validate, validate_settings
 from tasks.pack import (
     PACK_FIELDS,
     WRITE_FIELDS,
@@ -171,6 +175,7 @@ def run_pack_dataset(cfg: PackDatasetConfig, parent_run_id: str | None = None) -
         reporting.log_inputs(tracker, [ref for ref, _ in jobs], tokenizer)
         checks = validate_inputs(jobs, cfg)
         reporting.log_validation(tracker, [c for c, _ in checks])
+        quality_gate([c for c, _ in checks], cfg.preprocess.min_valid_fraction)
         shards = tokenize_inputs(jobs, tokenizer, cfg)
         reporting.log_tokenize(tracker, [s for s, _ in shards])
         plan = plan_rows(shards, cfg)
@@ -207,17 +212,15 @@ def pack_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.pack_dataset [CONFIG.yaml] [packft preprocess flags] [run flags]``."""
-    from flows.cli import checked_config, parse_flow_args
+    from flows.cli import run_flow_main
     from packft.pipeline_config import RunOptions
     from packft.preprocess import PreprocessConfig
 
     sections = {"preprocess": PreprocessConfig, "run": RunOptions}
-    config_file, overrides = parse_flow_args("python -m flows.pack_dataset", argv, sections)
-    cfg = checked_config(PackDatasetConfig, config_file, overrides)
-    if cfg is None:
-        return 2
-    pack_dataset(config=cfg)
-    return 0
+    return run_flow_main(
+        "python -m flows.pack_dataset", argv, PackDatasetConfig,
+        lambda cfg: pack_dataset(config=cfg), sections,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

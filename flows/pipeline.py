@@ -96,14 +96,11 @@ def pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.pipeline [CONFIG.yaml] [--set section.key=VALUE ...]``."""
-    from flows.cli import checked_config, parse_flow_args
+    from flows.cli import run_flow_main
 
-    config_file, overrides = parse_flow_args("python -m flows.pipeline", argv)
-    cfg = checked_config(PipelineConfig, config_file, overrides)
-    if cfg is None:
-        return 2
-    pipeline(config=cfg)
-    return 0
+    return run_flow_main(
+        "python -m flows.pipeline", argv, PipelineConfig, lambda cfg: pipeline(config=cfg)
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import typing
 
 from packft import __version__
 from packft.config import ConfigError
@@ -30,8 +31,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``prog: error: ...``) and exit 2, like the
+    other user errors; ``--help`` still prints the full usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="packft", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="packft", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"packft {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, summary) in COMMANDS.items():
@@ -64,15 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(args.command, error)
 
 
-def report_error(command: str, error: Exception) -> int:
-    """Print ``packft COMMAND: error: ...`` (one line; a config lists its problems) -> exit code."""
+def report_error(command: str, error: Exception, prog: str = "packft") -> int:
+    """Print ``packft COMMAND: error: ...`` (one line; a config's problems joined by ``;``)
+    and return the exit code (2 for usage and config errors, 1 for the rest)."""
     from packft.errors import exit_code, one_line
 
     known = isinstance(error, PackftError | ConfigError | ValueError | OSError | LookupError)
-    text = str(error).rstrip() if isinstance(error, ConfigError) else one_line(error)
+    text = one_line(error)
     if not known:  # a bug, not a user error: still one line, with the way to the traceback
         text = f"internal error {type(error).__name__}: {text} (PACKFT_DEBUG=1 shows the traceback)"
-    print(f"packft {command}: error: {text}", file=sys.stderr)
+    where = f"{prog} {command}" if command else prog
+    print(f"{where}: error: {text}", file=sys.stderr)
     return exit_code(error)
 
 

@@ -114,11 +114,21 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         raise ConfigError(format_validation_error(error, model)) from None
 
 
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """The ``--config`` / flow YAML file does not exist (a usage error: exit 2)."""
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigFileNotFoundError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -19,6 +19,10 @@ answers fail at once. When complete, the file is hashed; a mismatch with the exp
 deletes the partial file and raises :class:`ChecksumMismatchError`, so nothing corrupt stays in the
 cache. A good file is fsynced and renamed into ``blobs/``, then ``urls.json`` is rewritten
 atomically. A per-URL ``flock`` keeps two processes from writing the same ``.part``.
+A body sent without ``Content-Length`` (nor a ``Content-Range`` total) ends when the connection
+closes, so a cut-short transfer looks complete: unless ``sha256`` was given, such a file is kept
+but recorded as ``"unverified": true`` in ``urls.json`` and a one-line warning is logged, also
+whenever the cached copy is reused. A body cut short *with* a known length is retried as above.
 
 Cost: one streaming pass to download plus one read to hash (~1.5 GB/s sha256 on this machine).
 """
@@ -30,6 +34,7 @@ import email.utils
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -39,6 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 from packft.atomic import atomic_write_bytes, fsync_dir
 
+log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK = 1 << 20
 
@@ -136,8 +142,11 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, min(parsed.timestamp() - time.time(), 60.0))
 
 
-def _download_once(client, url: str, part: Path, meta: Path, known: tuple[str, ...]) -> str:
-    """One GET of the missing tail; returns the file suffix; raises _Retryable when incomplete."""
+def _download_once(
+    client, url: str, part: Path, meta: Path, known: tuple[str, ...]
+) -> tuple[str, bool]:
+    """One GET of the missing tail; returns (file suffix, whether the server said how long the
+    file is, so that a short body is detected); raises _Retryable when incomplete."""
     import httpx
 
     have = part.stat().st_size if part.exists() else 0
@@ -157,7 +166,7 @@ def _download_once(client, url: str, part: Path, meta: Path, known: tuple[str, .
             if status == 416 and have:
                 total = response.headers.get("content-range", "").rpartition("/")[2]
                 if total.isdigit() and int(total) == have:
-                    return validator.get("suffix", "")  # the .part was already complete
+                    return validator.get("suffix", ""), True  # the .part was already complete
                 part.unlink(missing_ok=True)
                 raise _Retryable("server refused the resume range; restarting from zero")
             if status in RETRY_STATUS:
@@ -205,7 +214,7 @@ def _download_once(client, url: str, part: Path, meta: Path, known: tuple[str, .
     size = part.stat().st_size
     if total is not None and size != total:
         raise _Retryable(f"connection ended after {size} of {total} bytes")
-    return suffix
+    return suffix, total is not None
 
 
 def fetch_url(
@@ -246,6 +255,8 @@ def fetch_url(
         entry = _load_index(cache_dir).get(url)
         usable = entry and (expected is None or entry["sha256"] == expected)
         if usable and (cache_dir / entry["file"]).is_file():
+            if entry.get("unverified") and expected is None:
+                _warn_unverified(url, entry)
             return cache_dir / entry["file"]
         if expected:
             suffix = _suffix_from_name(urlsplit(url).path, known_suffixes)
@@ -263,7 +274,7 @@ def fetch_url(
             while True:
                 before = part.stat().st_size if part.exists() else 0
                 try:
-                    suffix = _download_once(client, url, part, meta, known_suffixes)
+                    suffix, length_known = _download_once(client, url, part, meta, known_suffixes)
                     break
                 except _Retryable as exc:
                     progressed = part.exists() and part.stat().st_size > before
@@ -293,12 +304,24 @@ def fetch_url(
             os.replace(part, final)
             fsync_dir(final.parent)
         meta.unlink(missing_ok=True)
-    _record_in_index(
-        cache_dir,
-        url,
-        {"sha256": digest, "file": f"blobs/{final.name}", "size": final.stat().st_size},
-    )
+    entry = {"sha256": digest, "file": f"blobs/{final.name}", "size": final.stat().st_size}
+    if not length_known and expected is None:
+        entry["unverified"] = True
+        _warn_unverified(url, entry)
+    _record_in_index(cache_dir, url, entry)
     return final
+
+
+def _warn_unverified(url: str, entry: dict) -> None:
+    """One log line: a body without Content-Length may have been cut short unnoticed."""
+    log.warning(
+        "packft: warning: %s was sent without Content-Length, so a cut-short download cannot be "
+        "told from a complete one; %s bytes kept UNVERIFIED (pass --input-sha256 %s if that is "
+        "the right file)",
+        url,
+        f"{entry['size']:,}",
+        entry["sha256"],
+    )
 
 
 def fetch_hub_dataset(

@@ -46,7 +46,10 @@ def one_line(error: BaseException) -> str:
     else:
         text = str(error) or type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines)
+    joined = lines[0] if lines else ""
+    for line in lines[1:]:  # "2 problems:\n- a\n- b" -> "2 problems: - a; - b"
+        joined += (" " if joined.endswith(":") else "; ") + line
+    return joined
 
 
 def exit_code(error: BaseException) -> int:

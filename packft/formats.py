@@ -48,6 +48,8 @@ misplaced_system         a system message that is not the first message
 roles_not_alternating    a prompt-side role where an answer is due, or the reverse
 wrong_last_role          the conversation ends on the prompt side (user/observation)
 unsupported_message      OpenAI content parts that are not text, or text plus tool calls
+too_large                the record is over ``--max-record-bytes`` (never decoded whole)
+too_deep                 arrays/objects nest deeper than ``packft.limits.MAX_DEPTH`` (100)
 ======================== ====================================================================
 
 Cost (measured, one process): ~8 us per Alpaca row and ~30 us per 5-turn ShareGPT row on top of
@@ -71,7 +73,7 @@ from packft.keymap import (
     normalize_format,
     resolve_map_keys,
 )
-from packft.readers import BadRow, RecordBatch, iter_record_batches
+from packft.readers import BadRow, RecordBatch, RecordLimits, iter_record_batches
 from packft.records import ANSWER_ROLES, PROMPT_ROLES, Conversation, Message
 from packft.rejects import (
     InvalidRecord,
@@ -134,6 +136,8 @@ def _maybe_json(value: Any, name: str, kinds: tuple[type, ...]) -> Any:
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
             return json.loads(value)
+        except RecursionError:
+            raise InvalidRecord("too_deep", f"{name!r} is JSON text nested too deep") from None
         except ValueError:
             raise InvalidRecord("wrong_type", f"{name!r} is text that is not valid JSON") from None
     if value is not None and not isinstance(value, kinds):
@@ -150,7 +154,7 @@ def _tools(row: Mapping[str, Any], key: str | None) -> str:
 
 def _check_row(row: Any) -> Mapping[str, Any]:
     if isinstance(row, BadRow):
-        raise InvalidRecord("invalid_json", row.error)
+        raise InvalidRecord(row.reason, row.error)
     if not isinstance(row, Mapping):
         raise InvalidRecord("not_a_dict", f"expected a JSON object, got {type(row).__name__}")
     return row
@@ -394,8 +398,12 @@ def validate_file(
     *,
     batch_size: int = 2048,
     repair: Iterable[str] | str | None = None,
+    limits: RecordLimits | None = None,
 ) -> ValidationSummary:
     """Read and check every record of one file; write the rejects file; return the counts.
+
+    ``limits`` bounds each record's size and nesting (:mod:`packft.limits`); records over them
+    are rejected as ``too_large`` / ``too_deep``.
 
     Raises:
         InvalidRecordError: first invalid record when ``on_invalid="fail"``.
@@ -404,7 +412,7 @@ def validate_file(
     keys = get_key_map(normalize_format(fmt), map_keys)
     repairs = parse_repairs(repair)
     with RejectLog(rejects_path, on_invalid) as log:
-        batches = iter_record_batches(path, batch_size)
+        batches = iter_record_batches(path, batch_size, limits)
         for _ in iter_conversations(batches, keys.fmt, keys, log, repairs):
             pass
     return log.summary()

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from packft.errors import IntegrityError, UsageError
 from packft.indexed import SFT_KEYS, open_sft_dataset, sft_prefix
 from packft.rows import IGNORE_INDEX, plan_path, sidecar_path
 
@@ -34,7 +35,16 @@ def load_sidecar(prefix: str | Path) -> dict[str, Any]:
             else "no dataset at this prefix; run `packft preprocess --output-prefix PREFIX ...`"
         )
         raise FileNotFoundError(f"{path} not found: {hint}")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise IntegrityError(
+            f"{path}: the sidecar is not valid JSON ({error}); the dataset's record is damaged: "
+            "rerun `packft preprocess` to rebuild it"
+        ) from None
+    if not isinstance(data, dict):
+        raise IntegrityError(f"{path}: the sidecar holds {type(data).__name__}, not an object")
+    return data
 
 
 def check_files(prefix: str | Path, sidecar: dict[str, Any]) -> list[str]:
@@ -56,7 +66,7 @@ def row_segments(prefix: str | Path, row: int) -> list[tuple[int, int, int]]:
 
     plan = PackPlan.load(plan_path(prefix))
     if not 0 <= row < plan.num_rows:
-        raise IndexError(f"row {row} out of range: the dataset has {plan.num_rows} rows")
+        raise UsageError(f"--row {row} is out of range: the dataset has {plan.num_rows} rows")
     items, starts, lengths = plan.row(row)
     return [(int(i), int(s), int(n)) for i, s, n in zip(items, starts, lengths, strict=True)]
 
@@ -91,7 +101,8 @@ def decode_row(prefix: str | Path, row: int, tokenizer: Any) -> list[dict[str, A
     """
     data = open_sft_dataset(prefix)
     if not 0 <= row < len(data["input_ids"]):
-        raise IndexError(f"row {row} out of range: the dataset has {len(data['input_ids'])} rows")
+        rows = len(data["input_ids"])
+        raise UsageError(f"--row {row} is out of range: the dataset has {rows} rows")
     ids = np.asarray(data["input_ids"][row], np.int64)
     labels = np.asarray(data["labels"][row], np.int64)
     out, at = [], 0
@@ -189,11 +200,7 @@ def run(args: argparse.Namespace) -> int:
     from packft.stats import stats_table
 
     console = Console()
-    try:
-        sidecar = load_sidecar(args.prefix)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    sidecar = load_sidecar(args.prefix)  # errors: one line via packft.cli (exit 1; 2 for usage)
     if args.json:
         print(json.dumps(sidecar, indent=1))
     else:
@@ -206,12 +213,10 @@ def run(args: argparse.Namespace) -> int:
     if args.row is not None:
         from packft.templates import load_tokenizer
 
+        row_segments(args.prefix, args.row)  # an out-of-range row fails before the tokenizer loads
+
         tokenizer = load_tokenizer(args.tokenizer or sidecar["tokenizer"], sidecar["template"])
-        try:
-            segments = decode_row(args.prefix, args.row, tokenizer)
-        except IndexError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        segments = decode_row(args.prefix, args.row, tokenizer)
         if args.labels:
             print_labels(args.prefix, args.row, tokenizer)
         else:

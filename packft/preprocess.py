@@ -10,6 +10,8 @@ Prefect tasks in ``tasks/`` wrap exactly these functions):
    (:func:`validate_input` optionally checks a file's records without tokenizing).
 2. :func:`tokenize_input` one input file -> one tokenized Arrow shard, cached under
    ``--cache-dir`` by (input sha256, tokenizer hash, template, options).
+   :func:`check_input_quality` then refuses input with too few valid records
+   (:mod:`packft.quality`, ``--min-valid-fraction``) before anything is written.
 3. :func:`plan`           all shards' lengths -> one global plan file (``packft.pack``).
 4. :func:`write`          rows -> the three ``{prefix}_packed_*_document`` datasets, plan, sidecar.
 
@@ -54,6 +56,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from packft import __version__
+from packft.limits import DEFAULT_MAX_RECORD_BYTES
+from packft.quality import DEFAULT_MIN_VALID_FRACTION
 
 HANDLERS = (
     "AlpacaStyleInstructionHandler",
@@ -109,6 +113,15 @@ class PreprocessConfig(BaseModel):
     input_sha256: str | None = Field(
         None, description="expected sha256 of a downloaded --input file (mismatch: clear error)"
     )
+    min_valid_fraction: float = Field(
+        DEFAULT_MIN_VALID_FRACTION,
+        description="fail (exit 1, nothing written) when fewer records than this are valid; "
+        "zero valid records always fail",
+    )
+    max_record_bytes: int = Field(
+        DEFAULT_MAX_RECORD_BYTES,
+        description="reject records larger than this (too_large) before tokenizing",
+    )
 
     @field_validator("repair", mode="before")
     @classmethod
@@ -140,6 +153,14 @@ class PreprocessConfig(BaseModel):
             problems.append(f"--mix must be >= 1, got {self.mix}")
         if self.workers < 1:
             problems.append(f"--workers must be >= 1, got {self.workers}")
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            problems.append(
+                f"--min-valid-fraction must be in [0, 1], got {self.min_valid_fraction}"
+            )
+        if self.max_record_bytes < 1:
+            problems.append(f"--max-record-bytes must be >= 1, got {self.max_record_bytes}")
+        if self.handler_name in HANDLERS:
+            problems += _map_keys_problems(self.handler_name, self.map_keys)
         if not Path(self.output_prefix).expanduser().resolve().parent.is_dir():
             problems.append(
                 f"--output-prefix {self.output_prefix}: directory "
@@ -181,6 +202,18 @@ class PreprocessConfig(BaseModel):
         if self.overlong == "drop":
             return self.seq_length
         return max(2, self.seq_length - 1 - int(self.append_eod))
+
+
+def _map_keys_problems(handler_name: str, map_keys: dict[str, Any] | None) -> list[str]:
+    """--map-keys errors (unknown keys, wrong value types) as config problems, before any work."""
+    from packft.formats import HANDLER_FORMATS
+    from packft.keymap import get_key_map
+
+    try:
+        get_key_map(HANDLER_FORMATS[handler_name], map_keys)
+    except ValueError as error:
+        return [str(error)]
+    return []
 
 
 @dataclass
@@ -232,6 +265,7 @@ def _options(cfg: PreprocessConfig):
         keep_markers=cfg.overlong == "truncate",  # drop: MindSpeed's bytes; split: no cut
         pair_cutoff=cfg.pair_cutoff(),
         workers=cfg.workers,
+        max_record_bytes=cfg.max_record_bytes,
     )
 
 
@@ -280,11 +314,33 @@ def validate_input(path: Path, cfg: PreprocessConfig, rejects_path: Path | None 
     ``tokenize_input`` validates too, so this step is optional.
     """
     from packft.formats import validate_file
+    from packft.limits import RecordLimits
 
     rejects = rejects_path or Path(f"{cfg.prefix}.{Path(path).name}.rejects.jsonl")
+    limits = RecordLimits(max_bytes=cfg.max_record_bytes)
     return validate_file(
-        Path(path), _fmt(cfg), cfg.map_keys, rejects, cfg.on_invalid, repair=cfg.repair
-    )
+        Path(path), _fmt(cfg), cfg.map_keys, rejects, cfg.on_invalid, repair=cfg.repair,
+        limits=limits,
+    )  # fmt: skip
+
+
+def check_input_quality(cfg: PreprocessConfig, shard_paths: list[Path], inputs: list[Path]) -> Any:
+    """The quality gate (:func:`packft.quality.check_quality`) over tokenized shards' counts.
+
+    Raises:
+        packft.quality.QualityGateError: too few valid records; nothing has been written yet.
+    """
+    from packft.quality import InputCounts, check_quality
+    from packft.shards import read_stats
+
+    counts = []
+    for shard, source in zip(shard_paths, inputs, strict=True):
+        stats = read_stats(shard)
+        rejects = rejects_path_for(shard)
+        counts.append(InputCounts(str(source), int(stats.get("samples_in", 0)),
+                                  int(stats.get("valid", 0)), dict(stats.get("rejected") or {}),
+                                  str(rejects) if rejects.exists() else None))  # fmt: skip
+    return check_quality(counts, cfg.min_valid_fraction)
 
 
 def tokenize_input(
@@ -425,7 +481,10 @@ def write(
 
 
 def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> PreprocessResult:
-    """The whole ``preprocess_data.py`` job: fetch -> tokenize -> plan -> write.
+    """The whole ``preprocess_data.py`` job: fetch -> tokenize -> quality gate -> plan -> write.
+
+    Raises:
+        packft.quality.QualityGateError: too few valid records (nothing is written).
 
     ``result.stats["seconds"]`` holds the wall time of each step.
     """
@@ -445,15 +504,16 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
+    inputs = fetch_inputs(cfg)  # a bad --input fails before any progress output
+    lap("fetch")
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
-        inputs = fetch_inputs(cfg)
-        lap("fetch")
         shards = []
         for path in inputs:
             task = bar.add_task(f"tokenize {path.name}", total=None)
             shards.append(tokenize_input(path, cfg, progress=lambda n, t=task: bar.advance(t, n)))
             bar.update(task, total=bar.tasks[task].completed)
         lap("tokenize")
+        check_input_quality(cfg, shards, inputs)
         plan_file = plan(cfg, shards)
         lap("plan")
         task = bar.add_task("write rows", total=PackPlan.load(plan_file).num_rows)
@@ -476,16 +536,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from packft.config import ConfigError, model_from_args
+    from packft.config import model_from_args
     from packft.stats import stats_table
 
     console = Console(stderr=True)
-    try:
-        cfg = model_from_args(PreprocessConfig, args)
-        result = preprocess(cfg, show_progress=True)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = model_from_args(PreprocessConfig, args)  # errors: one line via packft.cli
+    result = preprocess(cfg, show_progress=True)
     rejects = Path(f"{result.prefix}.rejects.jsonl")
     title = f"{result.prefix} ({result.seconds:.1f} s)"
     console.print(stats_table(result.stats, title, rejects_file=rejects))

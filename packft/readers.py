@@ -13,15 +13,22 @@ arrow        IPC file (memory-mapped) or IPC stream, incl. ``save_to_disk`` shar
 csv          ``pyarrow.csv.open_csv`` streaming, header row, every column read as text,
              quoted newlines allowed (row = data row after the header)
 jsonl        ``pyarrow.json.open_json`` streaming (row = non-blank line); timestamp-looking
-             strings stay strings. If Arrow cannot read the file (mixed types, a broken line)
-             the rest is read line by line with ``json.loads`` and a broken line becomes a
-             :class:`BadRow`, so it is rejected with its row number instead of failing the file.
+             strings stay strings. If Arrow cannot read the file (mixed types, a broken line,
+             or a line over the record limits) it is read line by line with ``json.loads``
+             and a broken line becomes a :class:`BadRow`, so it is rejected with its row
+             number instead of failing the file (:mod:`packft.json_text`).
 json         a file starting with ``[`` is a JSON list, decoded one element at a time by an
-             incremental ``raw_decode`` (memory = one batch + the largest element, not the file;
-             a syntax error fails the file, since a list cannot be resynchronised); any other
-             .json file is read as JSON lines, as MindSpeed/``datasets`` accept both
+             incremental ``raw_decode`` (memory = one batch + the largest allowed element, not
+             the file; a syntax error fails the file, since a list cannot be resynchronised);
+             any other .json file is read as JSON lines, as MindSpeed/``datasets`` accept both
 txt          one ``{"text": line}`` per line, blank lines included (row = line)
 ===========  ==========================================================================
+
+Before reading, the file's first bytes are checked against its name (:mod:`packft.sniff`: a
+gzip file named ``.json`` or random bytes are one clear error). Every record is checked against
+:class:`~packft.limits.RecordLimits` (``--max-record-bytes``, 100 levels of nesting): a record
+over them is a ``too_large``/``too_deep`` :class:`BadRow` in its place, found without holding
+an oversized record whole (a 200 MB single-line record costs ~100-170 MiB peak RSS).
 
 Text formats may be compressed (``.gz``, ``.bz2``, ``.zst``, ``.lz4``). Text is decoded as UTF-8
 with ``surrogateescape`` where Python decodes, so invalid bytes survive as lone surrogates and
@@ -35,18 +42,27 @@ jsonl 140k / 40k, csv 140k / -, txt 890k lines/s; memory stays at one batch plus
 from __future__ import annotations
 
 import io
-import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from packft.limits import (
+    PREVIEW_CHARS,
+    RecordLimits,
+    arrow_row_bytes,
+    arrow_type_depth,
+    deeper_than,
+)
 
 __all__ = [
     "FORMATS",
     "KNOWN_SUFFIXES",
     "BadRow",
     "RecordBatch",
+    "RecordLimits",
     "SourceError",
     "detect_format",
     "iter_record_batches",
@@ -89,10 +105,17 @@ class RecordBatch:
 
 @dataclass(frozen=True, slots=True)
 class BadRow:
-    """A line the reader could not decode; kept in place so it is rejected with its row number."""
+    """A record the reader could not (or would not) decode; kept in place so it is rejected with
+    its row number. ``text`` is the line as read, or a preview of an oversized/over-deep record."""
 
     text: str
     error: str
+    reason: str = "invalid_json"
+
+    @classmethod
+    def over_limit(cls, preview: str, reason_detail: tuple[str, str]) -> BadRow:
+        reason, detail = reason_detail
+        return cls(preview[:PREVIEW_CHARS], detail, reason)
 
 
 def detect_format(path: Path | str) -> str:
@@ -123,32 +146,39 @@ def _text_stream(path: Path) -> io.TextIOWrapper:
     )
 
 
-def _first_char(path: Path) -> str:
-    with _text_stream(path) as handle:
-        while chunk := handle.read(4096):
-            stripped = chunk.lstrip(" \t\r\n\ufeff")
-            if stripped:
-                return stripped[0]
-    return ""
+def _limited(batch, rows: list[Any], limits: RecordLimits, depth_checked: bool) -> list[Any]:
+    """Replace the rows of an Arrow batch that break ``limits`` by :class:`BadRow` s."""
+    sizes = arrow_row_bytes(batch)
+    for i in np.flatnonzero(sizes > limits.max_bytes):
+        preview = f"<a row of {int(sizes[i]):,} bytes with columns {batch.schema.names}>"
+        rows[i] = BadRow.over_limit(preview, limits.too_large(int(sizes[i])))
+    if not depth_checked:
+        for i, row in enumerate(rows):
+            if not isinstance(row, BadRow) and deeper_than(row, limits.max_depth):
+                rows[i] = BadRow.over_limit(f"<row {i} of the batch>", limits.too_deep())
+    return rows
 
 
-def _slices(table_batch, source: str, start: int, batch_size: int) -> Iterator[RecordBatch]:
+def _slices(table_batch, source: str, start: int, batch_size: int,
+            limits: RecordLimits) -> Iterator[RecordBatch]:  # fmt: skip
+    shallow = all(arrow_type_depth(f.type) < limits.max_depth for f in table_batch.schema)
     for offset in range(0, table_batch.num_rows, batch_size):
         piece = table_batch.slice(offset, batch_size)
-        yield RecordBatch(source, start + offset, piece.to_pylist())
+        rows = _limited(piece, piece.to_pylist(), limits, shallow)
+        yield RecordBatch(source, start + offset, rows)
 
 
-def _read_parquet(path: Path, batch_size: int) -> Iterator[RecordBatch]:
+def _read_parquet(path: Path, batch_size: int, limits: RecordLimits) -> Iterator[RecordBatch]:
     import pyarrow.parquet as pq
 
     row = 0
     with pq.ParquetFile(path) as parquet:
         for batch in parquet.iter_batches(batch_size=batch_size):
-            yield RecordBatch(str(path), row, batch.to_pylist())
+            yield from _slices(batch, str(path), row, batch_size, limits)
             row += batch.num_rows
 
 
-def _read_arrow(path: Path, batch_size: int) -> Iterator[RecordBatch]:
+def _read_arrow(path: Path, batch_size: int, limits: RecordLimits) -> Iterator[RecordBatch]:
     import pyarrow as pa
 
     row = 0
@@ -160,7 +190,7 @@ def _read_arrow(path: Path, batch_size: int) -> Iterator[RecordBatch]:
             source.seek(0)
             batches = iter(pa.ipc.open_stream(source))
         for batch in batches:
-            yield from _slices(batch, str(path), row, batch_size)
+            yield from _slices(batch, str(path), row, batch_size, limits)
             row += batch.num_rows
 
 
@@ -176,7 +206,7 @@ def _text_column(column) -> list[str | None]:
         ]
 
 
-def _read_csv(path: Path, batch_size: int) -> Iterator[RecordBatch]:
+def _read_csv(path: Path, batch_size: int, limits: RecordLimits) -> Iterator[RecordBatch]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -199,146 +229,15 @@ def _read_csv(path: Path, batch_size: int) -> Iterator[RecordBatch]:
                 rows = [
                     dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)
                 ]
-                yield RecordBatch(str(path), row + offset, rows)
+                yield RecordBatch(str(path), row + offset, _limited(piece, rows, limits, True))
             row += batch.num_rows
 
 
-def _strings_for_timestamps(data_type):
-    """The same Arrow type with every timestamp/date replaced by string (JSON text stays text)."""
-    import pyarrow as pa
-
-    if pa.types.is_timestamp(data_type) or pa.types.is_date(data_type):
-        return pa.string()
-    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
-        return pa.list_(pa.field("item", _strings_for_timestamps(data_type.value_type)))
-    if pa.types.is_struct(data_type):
-        return pa.struct([f.with_type(_strings_for_timestamps(f.type)) for f in data_type])
-    return data_type
-
-
-def _iter_json_lines_python(path: Path, skip: int, batch_size: int) -> Iterator[RecordBatch]:
-    rows: list[Any] = []
-    row = start = skip
-    seen = 0
-    with _text_stream(path) as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            seen += 1
-            if seen <= skip:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as exc:
-                rows.append(BadRow(line.rstrip("\r\n"), f"invalid JSON: {exc}"))
-            row += 1
-            if len(rows) == batch_size:
-                yield RecordBatch(str(path), start, rows)
-                rows, start = [], row
-    if rows:
-        yield RecordBatch(str(path), start, rows)
-
-
-def _read_json_lines(path: Path, batch_size: int) -> Iterator[RecordBatch]:
-    import pyarrow as pa
-    import pyarrow.json as pjson
-
-    read = pjson.ReadOptions(block_size=_BLOCK)
-    row = 0
-    try:
-        with _binary_stream(path) as stream:
-            schema = pjson.open_json(stream, read_options=read).schema
-        fixed = pa.schema([f.with_type(_strings_for_timestamps(f.type)) for f in schema])
-        parse = pjson.ParseOptions(explicit_schema=fixed, unexpected_field_behavior="infer")
-        with _binary_stream(path) as stream:
-            for batch in pjson.open_json(stream, read_options=read, parse_options=parse):
-                for offset in range(0, batch.num_rows, batch_size):
-                    rows = batch.slice(offset, batch_size).to_pylist()
-                    yield RecordBatch(str(path), row, rows)
-                    row += len(rows)
-        return
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError):
-        pass  # mixed types, a broken line or bad UTF-8: finish with the per-line reader
-    yield from _iter_json_lines_python(path, row, batch_size)
-
-
-def _iter_json_list(path: Path) -> Iterator[Any]:
-    """Elements of a top-level JSON list, decoded one at a time from a sliding text buffer."""
-    decoder = json.JSONDecoder()
-    space = re.compile(r"[ \t\r\n\ufeff]*")
-    with _text_stream(path) as handle:
-        buf, pos, consumed, eof, want = "", 0, 0, False, _CHAR_CHUNK
-
-        def fill() -> None:
-            nonlocal buf, pos, consumed, eof, want
-            chunk = handle.read(max(want, 2 * (len(buf) - pos)))
-            eof = not chunk
-            consumed += pos
-            buf, pos = buf[pos:] + chunk, 0
-
-        def skip_space() -> str:
-            nonlocal pos
-            while True:
-                pos = space.match(buf, pos).end()
-                if pos < len(buf) or eof:
-                    return buf[pos] if pos < len(buf) else ""
-                fill()
-
-        def fail(what: str) -> SourceError:
-            return SourceError(f"{path}: invalid JSON list near character {consumed + pos}: {what}")
-
-        fill()
-        if skip_space() != "[":
-            raise fail("expected '['")
-        pos += 1
-        if skip_space() == "]":
-            return
-        index = 0
-        while True:
-            skip_space()
-            while True:
-                try:
-                    value, end = decoder.raw_decode(buf, pos)
-                except json.JSONDecodeError as exc:
-                    if eof:
-                        raise fail(f"element {index}: {exc.msg}") from None
-                    fill()
-                    continue
-                if end == len(buf) and not eof:  # a number may continue in the next chunk
-                    fill()
-                    continue
-                break
-            yield value
-            pos, index = end, index + 1
-            following = skip_space()
-            if following == ",":
-                pos += 1
-            elif following == "]":
-                pos += 1
-                if skip_space():
-                    raise fail("data after the closing ']'")
-                return
-            else:
-                raise fail(f"expected ',' or ']' after element {index - 1}")
-
-
-def _read_json(path: Path, batch_size: int) -> Iterator[RecordBatch]:
-    if _first_char(path) != "[":
-        yield from _read_json_lines(path, batch_size)
-        return
-    yield from _batched(path, _iter_json_list(path), batch_size)
-
-
-def _read_txt(path: Path, batch_size: int) -> Iterator[RecordBatch]:
-    with _text_stream(path) as handle:
-        lines = ({"text": line.removesuffix("\n").removesuffix("\r")} for line in handle)
-        yield from _batched(path, lines, batch_size)
-
-
-def _batched(path: Path, values: Iterable[Any], batch_size: int) -> Iterator[RecordBatch]:
+def _batched(
+    path: Path, values: Iterable[Any], batch_size: int, start: int = 0
+) -> Iterator[RecordBatch]:
     """Group a stream of row values into RecordBatches of ``batch_size`` rows."""
     rows: list[Any] = []
-    start = 0
     for value in values:
         rows.append(value)
         if len(rows) == batch_size:
@@ -349,27 +248,47 @@ def _batched(path: Path, values: Iterable[Any], batch_size: int) -> Iterator[Rec
         yield RecordBatch(str(path), start, rows)
 
 
-_READERS = {
-    "parquet": _read_parquet,
-    "arrow": _read_arrow,
-    "csv": _read_csv,
-    "json": _read_json,
-    "jsonl": _read_json,
-    "txt": _read_txt,
-}
+_COLUMNAR_READERS = {"parquet": _read_parquet, "arrow": _read_arrow, "csv": _read_csv}
 
 
-def iter_record_batches(path: Path, batch_size: int = 2048) -> Iterator[RecordBatch]:
+def _reader(fmt: str):
+    from packft import json_text  # imports this module: loaded on first use
+
+    readers = {**_COLUMNAR_READERS, "json": json_text.read_json, "jsonl": json_text.read_json,
+               "txt": json_text.read_txt}  # fmt: skip
+    return readers[fmt]
+
+
+def iter_record_batches(
+    path: Path, batch_size: int = 2048, limits: RecordLimits | None = None
+) -> Iterator[RecordBatch]:
     """Stream one data file as :class:`RecordBatch` es (see the table in the module docstring).
 
+    The file's first bytes are checked against its name first (:mod:`packft.sniff`), and every
+    record against ``limits`` (default :class:`~packft.limits.RecordLimits`): an oversized or
+    over-deep record is yielded as a :class:`BadRow` in its place.
+
     Raises:
-        SourceError: unknown suffix, or a JSON list with a syntax error.
+        SourceError: unknown suffix, content that contradicts the suffix (gzip named ``.json``,
+            random bytes ...), a JSON list with a syntax error, or a file the format's reader
+            cannot parse (the message names the file).
         FileNotFoundError: ``path`` does not exist.
     """
+    import pyarrow as pa
+
+    from packft.sniff import check_content
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
     fmt = detect_format(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
-    yield from _READERS[fmt](path, batch_size)
+    check_content(path, fmt)
+    try:
+        yield from _reader(fmt)(path, batch_size, limits or RecordLimits())
+    except pa.ArrowException as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a disk error keeps its errno
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(f"{path}: cannot be read as {fmt}: {text}") from exc

@@ -16,11 +16,13 @@ Streaming each file's records is :mod:`packft.readers` (``iter_record_batches``,
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from urllib.parse import unquote
 
 from packft.download import fetch_hub_dataset, fetch_url, file_sha256
+from packft.errors import UsageError
 from packft.readers import (
     FORMATS,
     KNOWN_SUFFIXES,
@@ -30,10 +32,12 @@ from packft.readers import (
     detect_format,
     iter_record_batches,
 )
+from packft.sniff import check_content
 
 __all__ = [
     "FORMATS",
     "BadRow",
+    "InputSpecError",
     "MixedFormatsError",
     "RecordBatch",
     "SourceError",
@@ -56,6 +60,34 @@ _SPLIT_NAMES = {"valid": "validation", "val": "validation", "dev": "validation"}
 
 class MixedFormatsError(SourceError):
     """A directory holds files of more than one format."""
+
+
+class InputSpecError(SourceError, UsageError):
+    """``--input`` is malformed: not ``hf://datasets/OWNER/NAME[@REV][/PATH]``, or a path that
+    climbs out of the snapshot (``..``, an absolute path); a usage error, exit 2."""
+
+
+def _check_hub_parts(spec: str, repo_id: str, revision: str | None, raw_subpath: str) -> None:
+    """Refuse ``..`` and absolute components: the snapshot is the only place ``hf://`` may read."""
+    parts = [*repo_id.split("/"), *(revision or "").split("/")]
+    if any(part in (".", "..") for part in parts) or (revision or "").startswith("/"):
+        raise InputSpecError(f"{spec!r}: owner, name and revision may not be '.' or '..'")
+    if raw_subpath.startswith("/") or ".." in raw_subpath.split("/"):
+        raise InputSpecError(
+            f"{spec!r}: the path inside the dataset may not start with '/' or contain '..' "
+            "(it would read files outside the snapshot); name a file or glob inside it, e.g. "
+            "hf://datasets/OWNER/NAME/data/train-*"
+        )
+
+
+def _inside(root: Path, files: list[Path], spec: str) -> list[Path]:
+    """Every selected file must lie under the snapshot root (lexically: hub files are symlinks
+    into the shared blob store, so resolving them would always leave the snapshot)."""
+    top = os.path.normpath(root)
+    for file in files:
+        if os.path.commonpath([top, os.path.normpath(file)]) != top:
+            raise InputSpecError(f"{spec!r}: {file} is outside the snapshot {root}")
+    return files
 
 
 def _is_data_candidate(path: Path) -> bool:
@@ -169,7 +201,9 @@ def resolve_input(
 
     Raises:
         FileNotFoundError: a local path that does not exist.
-        SourceError: an unreadable type, a mix of formats, a bad spec, or a checksum on a folder.
+        SourceError: an unreadable type, a mix of formats, content that contradicts the file's
+            suffix (:mod:`packft.sniff`), or a checksum on a folder.
+        InputSpecError: a malformed ``hf://`` spec or one with ``..``/absolute components.
         packft.download.DownloadError: network, HTTP, checksum or Hub failures.
     """
     spec = str(spec)
@@ -182,16 +216,16 @@ def resolve_input(
     if spec.startswith("hf://"):
         match = _HF_SPEC.match(spec)
         if not match:
-            raise SourceError(
+            raise InputSpecError(
                 f"{spec!r}: expected hf://datasets/OWNER/NAME[@REVISION][/PATH], e.g. "
                 "hf://datasets/tatsu-lab/alpaca@main"
             )
         repo_id, revision, subpath = match.group(1), match.group(2), (match.group(3) or "")
+        revision = unquote(revision) if revision else None
+        _check_hub_parts(spec, repo_id, revision, subpath)
         subpath = subpath.strip("/")
-        root = fetch_hub_dataset(
-            repo_id, unquote(revision) if revision else None, cache_dir, subpath
-        )
-        files = _select(root, subpath, spec)
+        root = fetch_hub_dataset(repo_id, revision, cache_dir, subpath)
+        files = _inside(root, _select(root, subpath, spec), spec)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
@@ -202,11 +236,13 @@ def resolve_input(
                 "file, a directory, an http(s) URL or hf://datasets/OWNER/NAME."
             )
         files = [path] if path.is_file() else list_data_files(path)
-    for file in files:
-        detect_format(file)
+    for file in files:  # a gzip named .json or random bytes fail here, before any other work
+        check_content(file, detect_format(file))
     if sha256 is not None and not spec.startswith(("http://", "https://")):
         if len(files) != 1:
-            raise SourceError(f"--sha256 checks one file, but {spec} has {len(files)} files")
+            raise InputSpecError(
+                f"--input-sha256 checks one file, but {spec} has {len(files)} files"
+            )
         actual = file_sha256(files[0])
         if actual != sha256.lower():
             raise SourceError(f"{files[0]}: sha256 is {actual}, expected {sha256.lower()}")

@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from packft.errors import PackftError
 from packft.records import Conversation
 from packft.template_table import (
     DEFAULTS,
@@ -419,7 +420,22 @@ def load_tokenizer(path: str | Path, template_name: str) -> Any:
             f"tokenizer {path} does not exist; pass --tokenizer-name-or-path a Hugging Face "
             "tokenizer directory (tokenizer.json or tokenizer.model + configs) or a hub id"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(local if local.exists() else path), use_fast=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(local if local.exists() else path), use_fast=True
+        )
+    except (OSError, ValueError, KeyError) as error:  # transformers' multi-line messages
+        first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "").rstrip(":")
+        holds = (
+            f"; the directory holds {sorted(p.name for p in local.iterdir())[:12]}"
+            if local.is_dir()
+            else " (a hub id needs network, or the hub cache with HF_HUB_OFFLINE=1)"
+        )
+        raise PackftError(
+            f"cannot load a tokenizer from {path}: {type(error).__name__}: {first[:200]}{holds}. "
+            "--tokenizer-name-or-path needs a Hugging Face tokenizer directory (tokenizer.json, "
+            "or tokenizer.model with tokenizer_config.json) or a hub id"
+        ) from error
     if getattr(tokenizer, "_tokenizer", None) is None:
         raise ValueError(
             f"{path}: packft needs a fast tokenizer (tokenizer.json or a convertible "

@@ -84,6 +84,7 @@ import numpy as np
 import pyarrow as pa
 
 from packft import __version__
+from packft.limits import DEFAULT_MAX_RECORD_BYTES, RecordLimits
 from packft.records import Conversation
 from packft.shards import (  # noqa: F401  (ShardReader & co. are re-exported for old imports)
     IGNORE_INDEX,
@@ -130,6 +131,9 @@ class TokenizeOptions:
     """Conversations per encode call and per record batch."""
     workers: int = 1
     """Processes; the output does not depend on it."""
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    """Records larger than this are rejected as ``too_large`` before tokenizing
+    (:mod:`packft.limits`)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -145,6 +149,8 @@ class TokenizeOptions:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 1:
             problems.append(f"workers must be >= 1, got {self.workers}")
+        if self.max_record_bytes < 1:
+            problems.append(f"max_record_bytes must be >= 1, got {self.max_record_bytes}")
         if problems:
             raise ValueError("invalid tokenize options: " + "; ".join(problems))
 
@@ -515,7 +521,8 @@ def tokenize_file(
             yield batch
 
     with RejectLog(rejects_path, on_invalid) as rejects:
-        records = counted(iter_record_batches(path, options.batch_size))
+        limits = RecordLimits(max_bytes=options.max_record_bytes)
+        records = counted(iter_record_batches(path, options.batch_size, limits))
         convs = iter_conversations(records, fmt, map_keys, rejects, repairs)
         encoded = tokenize_batches(convs, tokenizer_path, template, options, tokenizer)
 

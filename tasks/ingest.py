@@ -9,9 +9,12 @@ retries within one attempt (resuming with HTTP Range); the task-level retries co
 failures such as a server that is down for a minute.
 
 ``validate`` is cached by the input's content digest, format, key map, ``on_invalid`` and
-``repair`` (which decides what is rejected); an
-``InvalidRecordError`` (``on_invalid: fail``) fails the run without retries, since re-reading the
-same bytes cannot help.
+``repair`` (which decides what is rejected) and ``max_record_bytes``; an ``InvalidRecordError``
+(``on_invalid: fail``) fails the run without retries, since re-reading the same bytes cannot help.
+
+``quality_gate`` (never cached, no retries) runs :func:`packft.quality.check_quality` over every
+file's ``validate`` counts: too few valid records fail the flow run before anything is tokenized,
+written or published.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def download(
     ]
 
 
-VALIDATE_FIELDS = ("handler_name", "map_keys", "on_invalid", "repair")
+VALIDATE_FIELDS = ("handler_name", "map_keys", "on_invalid", "repair", "max_record_bytes")
 """PreprocessConfig fields that change what validation finds."""
 
 
@@ -120,3 +123,12 @@ def validate(source: FileRef, settings: dict[str, Any], cfg: Any, work_dir: Path
         **summary.to_dict(),
         "rejects": str(rejects),
     }
+
+
+@task(name="quality-gate", persist_result=False)
+def quality_gate(checks: list[dict[str, Any]], min_valid_fraction: float) -> dict[str, Any]:
+    """Fail the run when too few records are valid (``packft.quality.check_quality``)."""
+    from packft.quality import check_quality
+
+    result = check_quality(checks, min_valid_fraction)
+    return {"total": result.total, "valid": result.valid, "valid_fraction": result.valid_fraction}

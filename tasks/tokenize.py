@@ -46,6 +46,7 @@ TOKENIZE_FIELDS = (
     "repair",  # --repair keeps records that would be rejected: other samples
     "neat_pack",  # with knapsack + drop, MindSpeed's per-pair neat-pack cut changes the shard
     "pack_algorithm",
+    "max_record_bytes",  # records over it are rejected (too_large) instead of tokenized
 )
 """PreprocessConfig fields that change a shard's bytes (``workers`` and destinations do not)."""
 

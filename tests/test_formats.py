@@ -408,3 +408,38 @@ def test_wrong_handler_or_mistyped_key_fails_before_rejecting_everything(
     (tmp_path / "t.txt").write_text("just text\n")
     with pytest.raises(ValueError, match=r"the rows have \['text'\]"):
         validate_file(tmp_path / "t.txt", "sharegpt", None, tmp_path / "r.jsonl")
+
+
+# ---------------------------------------------------------------------------- hostile records
+
+
+def test_oversized_and_deep_records_are_counted_and_kept_as_previews(tmp_path: Path) -> None:
+    from packft.limits import RecordLimits
+
+    deep = "[" * 4000 + "]" * 4000  # under the size limit, over Python's recursion limit
+    lines = [
+        json.dumps({"instruction": "Add", "input": "1+1", "output": "2"}),
+        '{"instruction": "' + "z" * 50_000 + '", "output": "x"}',
+        '{"instruction": "hi", "output": "x", "extra": ' + deep + "}",
+    ]
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rejects = tmp_path / "rejects.jsonl"
+    summary = validate_file(path, "alpaca", rejects_path=rejects,
+                            limits=RecordLimits(max_bytes=10_000))  # fmt: skip
+    assert summary.to_dict() == {"total": 3, "valid": 1,
+                                 "rejected": {"too_deep": 1, "too_large": 1}}  # fmt: skip
+    kept = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["row"], r["reason"]) for r in kept] == [(1, "too_large"), (2, "too_deep")]
+    assert all(len(r["record"]) <= 200 for r in kept)  # a preview, not the 50 kB record
+    assert "over --max-record-bytes 10,000" in kept[0]["message"]
+    with pytest.raises(InvalidRecordError, match=r"h\.jsonl:1: too_large"):
+        validate_file(path, "alpaca", on_invalid="fail", limits=RecordLimits(max_bytes=10_000))
+
+
+def test_json_text_in_a_column_nested_too_deep_is_rejected(tmp_path: Path) -> None:
+    history = "[" * 50_000 + "]" * 50_000  # CSV/parquet exports keep lists as JSON text
+    table = pa.table({"instruction": ["a", "b"], "output": ["x", "y"], "history": [history, "[]"]})
+    pcsv.write_csv(table, tmp_path / "t.csv")
+    convs, summary = conversations(tmp_path / "t.csv", "alpaca")
+    assert summary.rejected == {"too_deep": 1} and [c.row for c in convs] == [1]

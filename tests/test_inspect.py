@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from packft.cli import main
+from packft.errors import UsageError
 from packft.inspect import TRAINED_MARKS, decode_row, load_sidecar
 from packft.pack import PackPlan
 
@@ -83,7 +84,7 @@ def test_decode_row_segments_and_trained_text(dataset: Path, llama2_tokenizer_di
         trained = [text for text, is_trained in seg["spans"] if is_trained]
         assert trained and not any("[INST]" in t or "[/INST]" in t for t in trained)
         assert seg["spans"][0] == (seg["spans"][0][0], False)  # a sample opens with its prompt
-    with pytest.raises(IndexError, match="out of range"):
+    with pytest.raises(UsageError, match="out of range"):
         decode_row(dataset, 10_000, tok)
 
 
@@ -97,5 +98,5 @@ def test_reports_inconsistent_or_missing_files(dataset: Path, tmp_path: Path, ca
     assert main(["inspect", str(copy)]) == 1
     assert "inconsistent" in capsys.readouterr().out
     Path(f"{copy}.packft.json").unlink()
-    assert main(["inspect", str(copy)]) == 2
+    assert main(["inspect", str(copy)]) == 1  # a missing file is a data error, not usage
     assert "without a sidecar" in capsys.readouterr().err

@@ -259,6 +259,32 @@ def test_invalid_records_are_counted_and_kept(tmp_path: Path, cache: Path) -> No
         preprocess(strict)
 
 
+def test_quality_gate_fails_before_writing_and_keeps_the_previous_dataset(
+    tmp_path: Path, cache: Path
+) -> None:
+    from packft.quality import QualityGateError
+
+    good = [{"instruction": f"Q{i}", "input": "", "output": f"A{i}"} for i in range(4)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in good))
+    cfg = PreprocessConfig(input=str(data), tokenizer_name_or_path=str(LLAMA2),
+                           output_prefix=str(tmp_path / "o"), prompt_type="llama2", pack=True,
+                           seq_length=64, cache_dir=str(cache))  # fmt: skip
+    preprocess(cfg)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o")}
+    bad = {"instruction": "Q", "input": "", "output": " "}
+    data.write_text("".join(json.dumps(r) + "\n" for r in [good[0], bad, bad, bad]))
+    with pytest.raises(QualityGateError, match=r"only 1 of 4 records are valid \(25\.0% < "
+                       r"--min-valid-fraction 0\.5\); rejected: empty_answer 3; e\.g\. "
+                       r".*d\.jsonl:1: empty_answer"):  # fmt: skip
+        preprocess(cfg)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o")}
+    assert after == before  # nothing written: the previous dataset, sidecar and rejects stay
+    assert main(seed_args(data, tmp_path / "o", cache)) == 1  # the CLI: exit 1
+    lenient = preprocess(cfg.model_copy(update={"min_valid_fraction": 0.25}))
+    assert lenient.stats["valid"] == 1 and lenient.stats["rejected"] == {"empty_answer": 3}
+
+
 def test_overlong_flag_mapping(tmp_path: Path) -> None:
     def cfg(**kw: Any) -> PreprocessConfig:
         return PreprocessConfig(input="x", tokenizer_name_or_path="t", prompt_type="llama2",

@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import http.server
 import json
+import os
+import random
 import threading
 import time
 import tracemalloc
@@ -20,6 +22,7 @@ import pytest
 
 from packft import readers, sources
 from packft.download import ChecksumMismatchError, DownloadError, HubUnavailableError, fetch_url
+from packft.sniff import ContentMismatchError
 from packft.sources import (
     BadRow,
     MixedFormatsError,
@@ -314,7 +317,7 @@ class FileServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
-        self.script: list[str] = []  # per-request behaviour: "ok", "drop", "503"
+        self.script: list[str] = []  # "ok", "drop", "503", "nolength", "nolength-cut"
         self.requests: list[dict[str, str | None]] = []
         server = self
 
@@ -338,6 +341,12 @@ class FileServer:
                     self.send_error(404, "Not Found")
                     return
                 data, etag = server.files[path], server.etags[path]
+                if action in ("nolength", "nolength-cut"):  # body ends when the connection does
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(data if action == "nolength" else data[: len(data) // 2])
+                    self.close_connection = True
+                    return
                 start = 0
                 requested = self.headers.get("Range")
                 if_range = self.headers.get("If-Range")
@@ -516,3 +525,252 @@ def test_hub_snapshot_in_cache_is_used_offline(tmp_path: Path, monkeypatch) -> N
     assert read_all(one[0]) == ALPACA
     with pytest.raises(SourceError, match="no 'nope' in the snapshot"):
         resolve_input("hf://datasets/me/demo/nope", tmp_path)
+
+
+# ---------------------------------------------------------------------------- hostile input
+
+
+def test_hub_paths_that_climb_out_of_the_snapshot_are_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    jsonl = b"".join(json.dumps(r).encode() + b"\n" for r in ALPACA)
+    snapshot = fake_hub_snapshot(tmp_path, "me/demo", {"data/train.jsonl": jsonl})
+    outside = tmp_path / "hub" / "secret.jsonl"  # inside the cache, outside the snapshot
+    outside.write_bytes(jsonl)
+    climb = os.path.relpath(outside, snapshot)  # ../../../secret.jsonl
+    for spec in (
+        f"hf://datasets/me/demo/{climb}",
+        f"hf://datasets/me/demo@main/data/../{climb}",
+        "hf://datasets/me/demo/data/../../x/*.jsonl",
+        f"hf://datasets/me/demo/{outside}",  # absolute: hf://datasets/me/demo//tmp/...
+        "hf://datasets/../../secret.jsonl",
+        "hf://datasets/me/demo@../../x/data",
+    ):
+        with pytest.raises(sources.InputSpecError) as info:
+            resolve_input(spec, tmp_path)
+        assert info.value.exit_code == 2, spec
+    # the same file named inside the snapshot still works
+    assert resolve_input("hf://datasets/me/demo/data/train.jsonl", tmp_path) == [
+        snapshot / "data" / "train.jsonl"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("d.json", gzip.compress(b'[{"a": 1}]'), r"gzip-compressed data.*rename it to d\.json\.gz"),
+        (
+            "d.jsonl",
+            b"\x28\xb5\x2f\xfd" + bytes(40),
+            r"zstd-compressed.*rename it to d\.jsonl\.zst",
+        ),
+        (
+            "d.json.gz",
+            b'[{"a": 1}]',
+            r"not gz-compressed \(it starts like JSON text\): rename it to d\.json$",
+        ),
+        (
+            "d.jsonl.gz",
+            bz2.compress(b"{}\n"),
+            r"bzip2-compressed data, not gz-compressed: rename it to d\.jsonl\.bz2",
+        ),
+        (
+            "d.csv",
+            b"PAR1" + bytes(100) + b"PAR1",
+            r"a parquet file, not CSV text: rename it to d\.parquet",
+        ),
+        ("d.json", b"\xff\xfe[\x00{\x00}\x00]\x00", r"UTF-16 text"),
+        ("d.txt", bytes(range(256)) * 40, r"binary data, not UTF-8 text \(NUL byte at offset 0\)"),
+        ("d.jsonl", b"\x01\x02\x03\x04\x05abc" * 50, r"binary data.*control bytes"),
+        (
+            "d.parquet",
+            b'[{"a": 1}]',
+            r"not a parquet file \(it starts like JSON text\): rename it to d\.json",
+        ),
+        ("d.parquet", b"", r"is empty \(0 bytes\), not a parquet file"),
+        ("d.parquet", b"PAR1" + bytes(100), r"parquet file without its footer \(truncated"),
+        ("d.arrow", gzip.compress(b"x"), r"gzip-compressed data, not a arrow file"),
+    ],
+)
+def test_content_that_contradicts_the_name_is_one_clear_error(
+    tmp_path: Path, name: str, data: bytes, match: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ContentMismatchError, match=match) as info:
+        resolve_input(str(path), tmp_path / "cache")  # before any other work
+    assert "\n" not in str(info.value)
+    with pytest.raises(ContentMismatchError):  # library readers check too
+        read_all(path)
+
+
+def test_random_bytes_are_refused_whatever_the_text_suffix(tmp_path: Path) -> None:
+    noise = random.Random(7).randbytes(200_000)
+    for suffix in (".json", ".jsonl", ".csv", ".txt", ".json.gz", ".jsonl.zst", ".parquet"):
+        path = tmp_path / f"noise{suffix}"
+        path.write_bytes(noise)
+        with pytest.raises(ContentMismatchError, match="noise"):
+            resolve_input(str(path), tmp_path / "cache")
+
+
+def test_empty_text_file_reads_as_no_records(tmp_path: Path) -> None:
+    (tmp_path / "e.jsonl").write_bytes(b"")
+    assert read_all(tmp_path / "e.jsonl") == []  # the quality gate turns this into an error
+
+
+def reasons(rows: list) -> list:
+    return [row.reason if isinstance(row, BadRow) else "ok" for row in rows]
+
+
+DEEP = 200_000
+
+
+def deep_record(depth: int = DEEP) -> str:
+    return '{"instruction": ' + "[" * depth + "]" * depth + ', "output": "x"}'
+
+
+def test_jsonl_oversized_and_deep_records_are_rejected_rows(tmp_path: Path) -> None:
+    good = json.dumps(ALPACA[0])
+    big = json.dumps({"instruction": "é" * 700, "output": "x"})  # 1,400+ bytes, 700+ chars
+    lines = [good, deep_record(), good, "x" * 5000, big, json.dumps({"a": [[[[1]]]]}), good]
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    limits = readers.RecordLimits(max_bytes=1000, max_depth=3)
+    rows = [r for b in iter_record_batches(path, 2, limits) for r in b.rows]
+    assert reasons(rows) == ["ok", "too_large", "ok", "too_large", "too_large", "too_deep", "ok"]
+    assert "at least 5,000 bytes, over --max-record-bytes 1,000" in rows[3].error
+    assert len(rows[3].text) <= 200 and rows[0] == ALPACA[0]
+    assert f"{len(big.encode()):,} bytes" in rows[4].error  # bytes, not characters
+    # default limits (16 MiB, depth 100): only the 200k-deep record is refused, without a crash
+    rows = read_all(path, batch_size=3)  # "xxx..." is then simply not JSON
+    assert reasons(rows) == ["ok", "too_deep", "ok", "invalid_json", "ok", "ok", "ok"]
+
+
+def test_json_list_oversized_and_deep_elements_are_skipped_in_place(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(readers, "_CHAR_CHUNK", 64)  # every skip crosses many reads
+    tricky = '"a \\" [ { \\\\' + "b" * 3000 + '"'  # escaped quote, brackets inside the string
+    elements = [
+        json.dumps(ALPACA[0]),
+        deep_record(),
+        '{"instruction": ' + tricky + ', "output": "x"}',
+        json.dumps(ALPACA[1]),
+        tricky,
+        json.dumps({"a": [[[[1]]]]}),
+        json.dumps(ALPACA[2]),
+    ]
+    path = tmp_path / "h.json"
+    path.write_text("[" + ",\n ".join(elements) + "]", encoding="utf-8")
+    limits = readers.RecordLimits(max_bytes=1000, max_depth=3)
+    rows = [r for b in iter_record_batches(path, 2, limits) for r in b.rows]
+    assert reasons(rows) == ["ok", "too_large", "too_large", "ok", "too_large", "too_deep", "ok"]
+    assert rows[3] == ALPACA[1] and rows[6] == ALPACA[2]
+    rows = read_all(path)  # default limits: the deep one only
+    assert reasons(rows) == ["ok", "too_deep", "ok", "ok", "ok", "ok", "ok"]
+
+
+def test_json_list_syntax_error_inside_a_long_element_still_fails(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    rest = ", ".join([json.dumps({"a": "y" * 100})] * 40)  # the window holds more than the limit
+    path.write_text('[{"a": "' + "x" * 500 + '", "b": 1 2}, ' + rest + "]")
+    with pytest.raises(SourceError, match="element 0"):
+        list(iter_record_batches(path, 8, readers.RecordLimits(max_bytes=1000)))
+
+
+def test_value_skipper_finds_the_end_across_pieces() -> None:
+    from packft.limits import ValueSkipper
+
+    text = '{"k": ["]", "\\"}", {"x": "\\\\"}], "e": "\\u005d"}  , next'
+    end = text.index("  ,")
+    for size in (1, 2, 3, 5, len(text)):
+        skipper, offset, found = ValueSkipper(), 0, None
+        while found is None:
+            piece = text[offset : offset + size]
+            found = skipper.feed(piece)
+            if found is None:
+                offset += size
+        assert offset + found == end, size
+    for scalar, stop in (("123.5e3, 4", 7), ('"a,b\\"c" ]', 8), ("true]", 4)):
+        assert ValueSkipper().feed(scalar) == stop
+
+
+def test_columnar_rows_over_the_limits_are_rejected(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "instruction": ["short", "y" * 5000, "short"],
+            "output": ["a", "b", "c"],
+            "nested": [[["p"]], [["q"]], [["r" * 3000]]],
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    pcsv.write_csv(table.drop_columns(["nested"]), tmp_path / "t.csv")
+    limits = readers.RecordLimits(max_bytes=2000)
+    parquet = [r for b in iter_record_batches(tmp_path / "t.parquet", 2, limits) for r in b.rows]
+    assert reasons(parquet) == ["ok", "too_large", "too_large"]  # nested strings are counted
+    assert "5,0" in parquet[1].error and parquet[0]["nested"] == [["p"]]
+    csv_rows = [r for b in iter_record_batches(tmp_path / "t.csv", 2, limits) for r in b.rows]
+    assert reasons(csv_rows) == ["ok", "too_large", "ok"]
+    shallow = readers.RecordLimits(max_depth=2)  # row -> list -> list: 3 levels
+    assert reasons(read_all_limited(tmp_path / "t.parquet", shallow)) == ["too_deep"] * 3
+
+
+def read_all_limited(path: Path, limits) -> list:
+    return [r for b in iter_record_batches(path, 8, limits) for r in b.rows]
+
+
+def test_download_without_content_length_is_kept_but_unverified(
+    server: FileServer, tmp_path: Path, caplog
+) -> None:
+    url = server.put("/n.jsonl", PAYLOAD)
+    server.script = ["nolength-cut"]  # half the file, then the connection closes
+    with caplog.at_level("WARNING", logger="packft.download"):
+        path = fetch_url(url, tmp_path, known_suffixes=sources.KNOWN_SUFFIXES)
+    assert path.stat().st_size == len(PAYLOAD) // 2  # indistinguishable from a complete body
+    entry = json.loads((tmp_path / "urls.json").read_text())[url]
+    assert entry["unverified"] is True
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "without Content-Length" in warning and "UNVERIFIED" in warning
+    assert "\n" not in warning and entry["sha256"] in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="packft.download"):
+        assert fetch_url(url, tmp_path, known_suffixes=sources.KNOWN_SUFFIXES) == path  # reuse
+    assert len(caplog.records) == 1  # ... warns again
+    # the expected checksum turns the silent truncation into an error, and nothing is kept
+    server.script = ["nolength-cut"]
+    with pytest.raises(ChecksumMismatchError):
+        fetch_url(url, tmp_path / "c2", sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+                  known_suffixes=sources.KNOWN_SUFFIXES)  # fmt: skip
+    server.script = ["nolength"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="packft.download"):
+        good = fetch_url(url, tmp_path / "c3", sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+                         known_suffixes=sources.KNOWN_SUFFIXES)  # fmt: skip
+    assert good.read_bytes() == PAYLOAD and not caplog.records
+    assert "unverified" not in json.loads((tmp_path / "c3" / "urls.json").read_text())[url]
+
+
+def test_download_cut_short_with_content_length_is_an_error(
+    server: FileServer, tmp_path: Path
+) -> None:
+    url = server.put("/c.jsonl", PAYLOAD)
+    server.script = ["drop"]  # a third of the body, then the connection closes
+    with pytest.raises(DownloadError, match=rf"giving up.*expected {len(PAYLOAD)}"):
+        fetch_url(url, tmp_path, retries=0, known_suffixes=sources.KNOWN_SUFFIXES)
+    assert not (tmp_path / "urls.json").exists() and not list((tmp_path / "blobs").glob("*"))
+
+
+def test_arrow_json_prescan_counts_per_line_across_blocks(tmp_path: Path, monkeypatch) -> None:
+    from packft.json_text import fits_arrow_json
+
+    monkeypatch.setattr(readers, "_BLOCK", 16)  # lines straddle many blocks
+    path = tmp_path / "p.jsonl"
+    lines = ['{"a": [1, [2]], "b": "' + "x" * 40 + '"}', '{"c": [[[0]]]}']  # 3 and 4 opens
+    path.write_text("\n".join(lines) + "\n")
+    assert fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=64))  # 64 bytes
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=3, max_bytes=64))
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=63))
+    path.write_text(lines[1] + "\n" + lines[0])  # the last line has no newline
+    assert fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=64))
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=63))
+    path.write_text(lines[0] + "\n" + '{"d": [[[[[')  # 6 opens in the unterminated tail
+    assert not fits_arrow_json(path, readers.RecordLimits(max_depth=4, max_bytes=64))

@@ -260,3 +260,16 @@ def test_load_tokenizer_fixups(llama2_tokenizer_dir, qwen_tokenizer_dir):
     assert (t.eos_token, t.eos_token_id, t.pad_token_id) == ("<|eot_id|>", 32000, 32000)
     t = load_tokenizer(llama2_tokenizer_dir, "chatml")  # second stop word becomes special
     assert t.encode("<|im_start|>", add_special_tokens=False) == [32001]
+
+
+def test_a_directory_without_a_tokenizer_is_one_clear_error(tmp_path, llama2_tokenizer_dir):
+    from packft.errors import PackftError, one_line
+    from packft.templates import load_tokenizer
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(PackftError) as info:
+        load_tokenizer(tmp_path, "llama2")
+    text = one_line(info.value)
+    assert f"cannot load a tokenizer from {tmp_path}" in text
+    assert "holds ['config.json']" in text and "tokenizer.json" in text
+    assert "\n" not in str(info.value)

@@ -10,6 +10,7 @@ import contextlib
 import http.server
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_cache_then_incremental_change(
     recorded = recorded_states(second["flow_run_id"])
     assert recorded == Counter(
         {"validate:Cached": 3, "tokenize:Cached": 3, "pack:Cached": 1, "write:Cached": 1,
-         "download:Completed": 1, "publish:Completed": 1,
+         "download:Completed": 1, "quality-gate:Completed": 1, "publish:Completed": 1,
          "tokenize-shards:Completed": 1}  # the subflow's wrapper task run
     )  # fmt: skip
 
@@ -331,3 +332,38 @@ def test_download_task_level_retry_on_server_errors(
     (ref,) = result
     assert ref.path.read_bytes() == StatusOnceHandler.payload and ref.source == url
     assert run_count == 2 and StatusOnceHandler.seen == 3
+
+
+def test_quality_gate_fails_the_run_before_anything_is_written(
+    prefect_api: None, mlflow_uri: str, fresh_inputs: list[Path], tmp_path: Path
+) -> None:
+    from flows.pack_dataset import pack_dataset
+    from packft.quality import QualityGateError
+
+    cfg = pack_config(fresh_inputs[0].parent, tmp_path)
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": False})})
+    first = pack_dataset(config=cfg)
+    latest = (cfg.output_root / "latest").resolve()
+    versions = sorted(p.name for p in (cfg.output_root / "versions").iterdir())
+    shards = sorted(p.name for p in (cfg.run.work_path / "shards").iterdir())
+    bad = {"instruction": "q", "input": "", "output": " "}
+    for path in fresh_inputs[1:]:  # 2 of 3 files now hold only invalid records: 60 of 180 valid
+        path.write_text(json.dumps([bad] * 60))
+    state = pack_dataset(config=cfg, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(QualityGateError, match=r"only 60 of 180 records are valid .* "
+                       r"rejected: empty_answer 120"):  # fmt: skip
+        state.result()
+    deadline = time.monotonic() + 60  # the API records task states from events, a bit later
+    while True:
+        recorded = recorded_states(str(state.state_details.flow_run_id))
+        if recorded["quality-gate:Failed"] == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert recorded["quality-gate:Failed"] == 1 and recorded["validate:Completed"] == 2
+    assert sorted(p.name for p in (cfg.run.work_path / "shards").iterdir()) == shards
+    assert not any(
+        key.split(":")[0] in ("tokenize", "pack", "write", "publish") for key in recorded
+    )
+    assert (cfg.output_root / "latest").resolve() == latest == Path(first["version"]).resolve()
+    assert sorted(p.name for p in (cfg.output_root / "versions").iterdir()) == versions
