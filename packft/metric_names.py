@@ -93,8 +93,8 @@ def stats_params(
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, Mapping):
-            if key == "rejected":
-                flat |= {f"rejected.{k}": v for k, v in value.items() if _number(v) is not None}
+            if key in ("rejected", "repaired"):  # counts per reject reason, per --repair kind
+                flat |= {f"{key}.{k}": v for k, v in value.items() if _number(v) is not None}
             continue
         if key not in metrics and (_number(value) is not None or isinstance(value, str | bool)):
             flat[key] = value

@@ -315,11 +315,13 @@ def test_flow_logs_repairs_and_marker_loss_to_mlflow(
     runs = client.search_runs([tracker.experiment_id],
                               f"tags.mlflow.parentRunId = '{tracker.run_id}'")  # fmt: skip
     assert len(runs) == 2
-    for run in runs:
-        metrics = run.data.metrics
-        assert metrics["repaired.leading_assistant"] == 5.0
-        assert metrics["repaired.merge_consecutive"] == 4.0
-        assert metrics["repaired.trailing_user"] == 3.0
-        assert metrics["rejected.empty_conversation"] == 2.0 and metrics["rejected_total"] == 4.0
-    tokenize_run = next(r for r in runs if "truncated_marker_lost" in r.data.metrics)
-    assert tokenize_run.data.metrics["truncated_marker_lost"] == stats["truncated_marker_lost"]
+    for run in runs:  # counts per kind/reason are params (packft.metric_names.stats_params)
+        params = run.data.params
+        assert params["stats.repaired.leading_assistant"] == "5"
+        assert params["stats.repaired.merge_consecutive"] == "4"
+        assert params["stats.repaired.trailing_user"] == "3"
+        assert params["stats.rejected.empty_conversation"] == "2"
+        assert run.data.metrics["data/samples_rejected"] == 4.0
+    tokenize_run = next(r for r in runs if "stats.truncated_marker_lost" in r.data.params)
+    lost = tokenize_run.data.params["stats.truncated_marker_lost"]
+    assert int(lost) == stats["truncated_marker_lost"]
