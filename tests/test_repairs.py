@@ -234,7 +234,13 @@ def test_preprocess_counts_repairs_and_shows_top_rejects(
             str(llama2_tokenizer_dir), "--output-prefix", str(prefix), "--handler-name",
             "SharegptStyleInstructionHandler", "--prompt-type", "llama2", "--pack",
             "--seq-length", "256", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
-    assert main(args) == 0
+    # 1 of 16 valid without repairs: the quality gate stops the run and writes nothing ...
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "quality gate: only 1 of 16 records are valid" in err
+    assert not Path(f"{prefix}.packft.json").exists()
+    # ... unless the user accepts it explicitly
+    assert main([*args, "--min-valid-fraction", "0"]) == 0
     err = capsys.readouterr().err
     side = json.loads(Path(f"{prefix}.packft.json").read_text())["stats"]
     assert (side["valid"], side["rejected"], side["repaired"]) == (1, _counts(2), {})
@@ -275,7 +281,7 @@ def test_repair_decides_cache_reuse(tmp_path: Path, llama2_tokenizer_dir: Path) 
     cli = ["preprocess", "--input", str(data), "--tokenizer-name-or-path",
            str(llama2_tokenizer_dir), "--output-prefix", str(out), "--prompt-type", "llama2",
            "--handler-name", "SharegptStyleInstructionHandler", "--cache-dir",
-           str(tmp_path / "c")]  # fmt: skip
+           str(tmp_path / "c"), "--min-valid-fraction", "0.4"]  # fmt: skip
     assert main([*cli, "--repair", "trailing-user", "leading-assistant"]) == 0
     assert json.loads(Path(f"{out}.packft.json").read_text())["config"]["repair"] == [
         "leading-assistant", "trailing-user"]  # fmt: skip
