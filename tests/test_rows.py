@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from packft.atomic import LOCK_RE, TEMP_RE, sweep
 from packft.pack import PackPlan, plan_packing, plan_unpacked
 from packft.rows import TokenShards, plan_path, sidecar_path, write_sft_dataset
 from packft.shards import (
@@ -214,8 +215,9 @@ def test_packed_rows_hold_every_sample_intact(tmp_path: Path, shards, neat: bool
     # MindSpeed's reader globs {prefix}_packed_*_document*: only the six data files match
     matched = sorted(Path(p).name for p in glob.glob(f"{prefix}_packed_*_document*"))
     assert matched == sorted(f"ds_packed_{k}_document.{e}" for k in KEYS for e in ("bin", "idx"))
+    # plus the commit lock (hidden, empty, kept: see packft.atomic); no temporaries are left
     assert sorted(p.name for p in prefix.parent.iterdir()) == sorted(
-        [*matched, "ds.packft.json", "ds.packft.plan.npz"]
+        [*matched, "ds.packft.json", "ds.packft.plan.npz", ".ds.packft.lock"]
     )
 
 
@@ -392,9 +394,15 @@ def test_sigkill_mid_write_leaves_previous_dataset(tmp_path: Path) -> None:
     assert ready.exists(), "the child never reached the middle of the write"
     child.kill()
     child.wait()
-    after = {p.name: p.read_bytes() for p in out.iterdir() if ".tmp" not in p.name}
+
+    def dead_writer(name: str) -> bool:  # a temporary or the writer lock of the killed run
+        return bool(TEMP_RE.match(name) or LOCK_RE.match(name))
+
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not dead_writer(p.name)}
     assert after == before  # the previous complete dataset, sidecar included, is untouched
-    leftovers = [p.name for p in out.iterdir() if ".tmp" in p.name]
+    leftovers = [p.name for p in out.iterdir() if dead_writer(p.name)]
     assert leftovers and all(name.startswith(".") for name in leftovers)  # hidden temporaries
+    assert sorted(p.name for p in sweep(out)) == sorted(leftovers)  # the next run removes them
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(Path(p).name for p in glob.glob(f"{out / 'ds'}_packed_*_document*")) == sorted(
         f"ds_packed_{k}_document.{e}" for k in KEYS for e in ("bin", "idx"))  # fmt: skip
