@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from packft.digest import HashingWriter, file_record, fingerprint_fd, named_os_error
+from packft.digest import HashingWriter, file_record, fingerprint, fingerprint_fd, named_os_error
 from packft.errors import IntegrityError
 from packft.faults import inject
 
@@ -237,7 +237,7 @@ class Stage:
         if marker is not None:
             finals.remove(Path(marker))
             finals.append(Path(marker))
-        entries = [(self._temps[f].name, f.name, self.records[f.name]["size"]) for f in finals]
+        entries = [(self._temps[f].name, f.name, self.records[f.name]["fingerprint"]) for f in finals]
         inject(f"{self.label}.staged", self.directory)
         if self.journal is None:
             _apply(self.directory, entries, marker is not None, self.label)
@@ -293,14 +293,20 @@ def _write_journal(path: Path, record: dict[str, Any]) -> None:
 
 def _apply(
     directory: Path,
-    entries: list[tuple[str, str, int]],
+    entries: list[tuple[str, str, str]],
     has_marker: bool,
     label: str,
     journal: Path | None = None,
 ) -> None:
-    """Do (or finish) the renames of ``entries`` ``(temporary, final, size)``; idempotent."""
+    """Do (or finish) the renames of ``entries`` ``(temporary, final, fingerprint)``; idempotent:
+    an entry whose temporary is gone must already be at its final name (same fingerprint)."""
     if has_marker and len(entries) > 1:
         marker_tmp, marker_final, _ = entries[-1]
+        if not (directory / marker_tmp).exists() and not (directory / marker_final).exists():
+            raise IntegrityError(
+                f"cannot finish the commit in {directory}: its marker {marker_tmp} is gone and "
+                f"no {marker_final} was committed; write the dataset again"
+            )
         if (directory / marker_tmp).exists():  # else the marker (last) was already renamed
             (directory / marker_final).unlink(missing_ok=True)
             inject(f"{label}.unmarked", directory / marker_final)
@@ -317,15 +323,15 @@ def _apply(
         fsync_dir(directory)
 
 
-def _rename_all(directory: Path, entries: list[tuple[str, str, int]], label: str) -> None:
-    for tmp_name, final_name, size in entries:
+def _rename_all(directory: Path, entries: list[tuple[str, str, str]], label: str) -> None:
+    for tmp_name, final_name, expected in entries:
         tmp, final = directory / tmp_name, directory / final_name
         if tmp.exists():
             os.replace(tmp, final)
-        elif not final.exists() or final.stat().st_size != size:
+        elif not final.exists() or fingerprint(final) != expected:
             raise IntegrityError(
                 f"cannot finish the commit in {directory}: {tmp_name} is gone and {final_name} "
-                f"is not the {size}-byte file it recorded; write the dataset again"
+                "is not the file it recorded; write the dataset again"
             )
         inject(f"{label}.renamed", final)
 

@@ -15,7 +15,8 @@ shared, checks every recorded file's size and fingerprint, the Megatron headers,
 counts across the three fields and the recorded row count; ``full=True`` (``inspect --verify``)
 also hashes every byte and checks that every input id and label is < the vocabulary size. Any
 mismatch is an :class:`~packft.errors.IntegrityError` with one line naming the file. A set
-without a sidecar (MindSpeed's own output) passes on the structural checks with a warning.
+without a sidecar (MindSpeed's own output) passes on the structural checks with a warning, unless
+packft's plan or rejects file is there: then it is a packft set whose commit did not finish.
 
 **Cache entries** (tokenized shards with their rejects file, plan files) carry a *seal*
 ``{entry}.sums.json``: size, sha256 and fingerprint of each file, written after them. Reuse calls
@@ -63,6 +64,14 @@ NO_SIDECAR = (
 
 def sidecar_path(prefix: str | Path) -> Path:
     return Path(f"{prefix}.packft.json")
+
+
+def plan_path(prefix: str | Path) -> Path:
+    return Path(f"{prefix}.packft.plan.npz")
+
+
+def rejects_path(prefix: str | Path) -> Path:
+    return Path(f"{prefix}.rejects.jsonl")
 
 
 def journal_path(prefix: str | Path) -> Path:
@@ -173,6 +182,13 @@ def _verify(prefix: Path, full: bool, vocab: int | None, require_all: bool) -> V
     sidecar = json.loads(sidecar_file.read_text()) if sidecar_file.exists() else None
     result = VerifiedDataset(prefix, {}, sidecar)
     if sidecar is None:
+        traces = [p.name for p in (plan_path(prefix), rejects_path(prefix)) if p.exists()]
+        if traces:  # packft wrote this set, and its sidecar (written last) is missing
+            raise IntegrityError(
+                f"{prefix}: packft's {', '.join(traces)} exist but {sidecar_file.name} does not: "
+                f"an interrupted write (by an older packft) or a deleted sidecar; "
+                + RERUN.format(prefix=prefix)
+            )
         result.warnings.append(NO_SIDECAR.format(prefix=prefix, sidecar=sidecar_file.name))
     elif "integrity" not in sidecar:
         result.warnings.append(

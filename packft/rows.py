@@ -52,16 +52,12 @@ import numpy as np
 from packft.atomic import Stage
 from packft.errors import IntegrityError
 from packft.indexed import SFT_KEYS, IndexedDatasetWriter, sft_prefix
-from packft.integrity import sidecar_path
+from packft.integrity import plan_path, sidecar_path
 from packft.pack import PackPlan, lower_bound_rows
 from packft.shards import ShardFormatError, TokenShards  # noqa: F401  (old import path)
 
 IGNORE_INDEX = -100
 __all__ = ["IGNORE_INDEX", "RowStats", "plan_path", "sidecar_path", "write_sft_dataset"]
-
-
-def plan_path(prefix: str | Path) -> Path:
-    return Path(f"{prefix}.packft.plan.npz")
 
 
 @dataclass

@@ -61,7 +61,13 @@ def test_reports_inconsistent_or_missing_files(dataset: Path, tmp_path: Path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ds_packed_labels_document.bin" in err
     assert "bytes, the sidecar records" in err
-    Path(f"{copy}.packft.json").unlink()  # no sidecar: the structural checks still fail
+    Path(f"{copy}.packft.json").unlink()  # packft's plan without its sidecar: unfinished write
+    assert main(["inspect", str(copy)]) == 1
+    assert "ds.packft.plan.npz, ds.rejects.jsonl exist but ds.packft.json does not" in (
+        capsys.readouterr().err
+    )
+    Path(f"{copy}.packft.plan.npz").unlink()
+    Path(f"{copy}.rejects.jsonl").unlink()  # now like MindSpeed's own set: structure is checked
     assert main(["inspect", str(copy)]) == 1
     err = capsys.readouterr().err
     assert (
