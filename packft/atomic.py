@@ -237,12 +237,14 @@ class Stage:
         if marker is not None:
             finals.remove(Path(marker))
             finals.append(Path(marker))
-        entries = [(self._temps[f].name, f.name, self.records[f.name]["fingerprint"]) for f in finals]
+        entries = [
+            (self._temps[f].name, f.name, self.records[f.name]["fingerprint"]) for f in finals
+        ]
         inject(f"{self.label}.staged", self.directory)
         if self.journal is None:
             _apply(self.directory, entries, marker is not None, self.label)
         else:
-            with commit_lock(self.lock):
+            with commit_lock(self.lock, timeout=600.0):  # readers hold it while they check
                 if self.journal.exists():  # a dead writer's decided commit: finish it first
                     roll_forward(self.journal)
                 record = {"writer": self.writer, "marker": marker is not None, "files": entries}

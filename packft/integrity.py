@@ -179,7 +179,7 @@ def _verify(prefix: Path, full: bool, vocab: int | None, require_all: bool) -> V
             f"{Path(sft_prefix(prefix, 'input_ids')).name}.bin exists; write one with "
             "`packft preprocess ... --output-prefix PREFIX`"
         )
-    sidecar = json.loads(sidecar_file.read_text()) if sidecar_file.exists() else None
+    sidecar = _read_sidecar(sidecar_file) if sidecar_file.exists() else None
     result = VerifiedDataset(prefix, {}, sidecar)
     if sidecar is None:
         traces = [p.name for p in (plan_path(prefix), rejects_path(prefix)) if p.exists()]
@@ -213,9 +213,21 @@ def _verify(prefix: Path, full: bool, vocab: int | None, require_all: bool) -> V
     return result
 
 
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise IntegrityError(
+            f"{path} is not valid JSON ({error}); the sidecar is corrupt"
+        ) from None
+    if not isinstance(data, dict):
+        raise IntegrityError(f"{path} is not a packft sidecar (a JSON object was expected)")
+    return data
+
+
 def _problem(prefix: Path, path: Path, what: str) -> IntegrityError:
     return IntegrityError(
-        f"{path}: {what}; the set at {prefix} is incomplete or mixed, "
+        f"{path}: {what}; the set at {prefix} is not the one its sidecar describes, "
         + RERUN.format(prefix=prefix)
     )
 
