@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from packft.digest import HashingWriter, file_record, fingerprint, fingerprint_fd, named_os_error
+from packft.digest import HashingWriter, file_record, fingerprint, named_os_error
 from packft.errors import IntegrityError
 from packft.faults import inject
 
@@ -165,6 +165,7 @@ class Stage:
         self._open: dict[Path, HashingWriter] = {}
         self.records: dict[str, dict[str, Any]] = {}  # final name -> size, sha256, fingerprint
         self._faults = bool(os.environ.get("PACKFT_FAULT"))
+        self._decided = False
 
     # --- staging ---------------------------------------------------------------------------
 
@@ -209,8 +210,7 @@ class Stage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        record = file_record(tmp, sha256) if sha256 is None else _quick_record(tmp, sha256)
-        self.records[final.name] = record
+        record = self.records[final.name] = file_record(tmp, sha256)
         return record
 
     def discard(self, final: str | Path) -> None:
@@ -249,14 +249,22 @@ class Stage:
                     roll_forward(self.journal)
                 record = {"writer": self.writer, "marker": marker is not None, "files": entries}
                 _write_journal(self.journal, record)
+                self._decided = True  # from here on a failure is finished by a roll-forward
                 inject(f"{self.label}.journal", self.journal)
                 _apply(self.directory, entries, marker is not None, self.label, self.journal)
         self._temps.clear()
 
     def abort(self) -> None:
-        """Remove every temporary of this stage (nothing at a final name changes)."""
+        """Remove every temporary of this stage (nothing at a final name changes). After the
+        journal was written the commit is decided: the temporaries stay for the roll-forward
+        the next packft process on these targets does."""
         for final in list(self._temps):
-            self.discard(final)
+            if self._decided:
+                handle = self._open.pop(final, None)
+                if handle is not None:
+                    handle.discard()
+            else:
+                self.discard(final)
 
     def close(self) -> None:
         """Release the writer lock (removing its file); call after commit or abort."""
@@ -276,15 +284,6 @@ class Stage:
             self.close()
         if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
             raise named_os_error(exc, self.directory) from exc
-
-
-def _quick_record(path: Path, sha256: str) -> dict[str, Any]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        return {"size": size, "sha256": sha256, "fingerprint": fingerprint_fd(fd, size)}
-    finally:
-        os.close(fd)
 
 
 def _write_journal(path: Path, record: dict[str, Any]) -> None:

@@ -257,6 +257,32 @@ def test_a_decided_commit_that_cannot_be_finished_is_refused(
     assert "cannot finish the commit" in result.stderr
 
 
+DEAD_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from packft.atomic import Stage
+stage = Stage(Path(sys.argv[1]))
+stage.open(Path(sys.argv[1]) / "target.bin").write(b"half written")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sweep_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
+    from packft.atomic import Stage, sweep
+
+    subprocess.run([sys.executable, "-c", DEAD_WRITER, str(tmp_path)], env=_env(), check=False)
+    dead = sorted(p.name for p in tmp_path.iterdir())
+    assert len(dead) == 2 and all(TEMP_RE.match(n) or LOCK_RE.match(n) for n in dead)
+    with Stage(tmp_path) as live:  # a concurrent live writer, here in this process
+        live.open(tmp_path / "other.bin").write(b"in progress")
+        mine = {p.name for p in tmp_path.iterdir()} - set(dead)
+        assert sorted(p.name for p in sweep(tmp_path)) == dead  # only the dead writer's
+        assert {p.name for p in tmp_path.iterdir()} == mine  # the live one is untouched
+        live.seal(tmp_path / "other.bin")
+        live.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.bin"]
+
+
 # --- mixed sets, corrupt files ---------------------------------------------------------------------
 
 
@@ -399,6 +425,21 @@ def test_write_error_removes_every_temporary_and_names_the_file(
     assert leftovers(prefix.parent, world.cache) == []
     preprocess(config(world.data, prefix, world.cache, NEW_SEED))  # the next run succeeds
     assert set_files(prefix) == world.new_files
+
+
+def test_error_after_the_journal_is_finished_by_the_next_process(
+    world: World, runner: Runner, tmp_path: Path
+) -> None:
+    prefix = world.copy_old(tmp_path / "out")
+    result = runner.run(
+        cli_args(world.data, prefix, world.cache, NEW_SEED), "dataset.renamed@3=eio"
+    )
+    assert result.returncode == 1 and "EIO (Input/output error)" in one_error_line(result.stderr)
+    assert (prefix.parent / f".ds{JOURNAL_SUFFIX}").exists()  # decided: temporaries kept for it
+    assert open_verified(prefix).sidecar["config"]["pack_seed"] == NEW_SEED  # rolled forward
+    assert set_files(prefix) == world.new_files
+    preprocess(config(world.data, prefix, world.cache, NEW_SEED))
+    assert leftovers(prefix.parent) == []
 
 
 @pytest.fixture
