@@ -9,7 +9,8 @@ command: llama2, ``--pack --append-eod --seq-length 4096``). Then, interleaved `
 * ``write_landed`` (with ``--baseline DIR``, an export of an older commit, e.g.
   ``git archive f396660 | tar -x -C DIR``): that commit's write step, in a child process;
 
-and the reader side on the written set: ``open_verified`` (sizes, fingerprints, headers, row
+the streaming sha256's own cost is bounded by ``sha256_of_dataset_files`` (hashing the written
+files from the page cache); and the reader side on the written set: ``open_verified`` (sizes, fingerprints, headers, row
 counts: what ``packft train`` and ``packft inspect`` do), ``open_verified(full=True)``
 (``inspect --verify``: sha256 of every byte, every id < vocab) and ``check_seal`` of the shard
 (what a cache reuse costs). Medians in seconds.
@@ -51,6 +52,10 @@ class _NoHash:
         return "0" * 64
 
 
+def files_of(prefix: Path) -> list[str]:
+    return list(json.loads(Path(f"{prefix}.packft.json").read_text())["integrity"]["files"])
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -65,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import packft.digest
+    from packft.digest import file_sha256
     from packft.integrity import check_seal, open_verified
     from packft.preprocess import PreprocessConfig, plan, tokenize_input, write
 
@@ -107,6 +113,9 @@ def main() -> None:
             "open_verified": timed(lambda: open_verified(prefix)),
             "open_verified_full": timed(lambda: open_verified(prefix, full=True)),
             "check_seal_shard": timed(lambda: check_seal(shard)),
+            "sha256_of_dataset_files": timed(
+                lambda: [file_sha256(prefix.parent / n) for n in files_of(prefix)]
+            ),
         }
         sidecar = json.loads(Path(f"{prefix}.packft.json").read_text())
         dataset_bytes = sum(f["size"] for f in sidecar["integrity"]["files"].values())

@@ -23,8 +23,11 @@ packft's plan or rejects file is there: then it is a packft set whose commit did
 :func:`check_seal` (full sha256, ~1 GB/s); a missing or wrong seal means "rebuild, with a
 warning", never "reuse".
 
-Measured (benchmarks/bench_preprocess.py, 100k Alpaca records, seq 4096, 4,884 rows): see the
-README's Benchmarks table for the write-time cost of the checksums and the verify times.
+Measured (benchmarks/bench_integrity.py, 100k distinct Alpaca records, seq 4096, 5,174 rows,
+245 MB of dataset files, this 2-core machine at load average 4-6): :func:`open_verified` 4-23 ms,
+``full=True`` 0.59-1.64 s; :func:`check_seal` of the 163 MB shard 0.14-0.39 s. Writing the
+checksums costs about one sha256 of the bytes written (0.41 s for 245 MB), within the run-to-run
+noise of the 2.4-4.7 s write step here.
 """
 
 from __future__ import annotations
