@@ -385,6 +385,21 @@ def test_corrupt_download_blob_is_fetched_again(
     assert len(list((cache / "shards").glob("*.arrow"))) == 1  # the corrupt input made none
 
 
+def test_disk_full_during_a_download_leaves_no_partial_file(
+    world: World, runner: Runner, tmp_path: Path, http_server
+) -> None:
+    url, _ = http_server
+    out = tmp_path / "out"
+    out.mkdir()
+    cache = tmp_path / "cache"
+    result = runner.run(cli_args(url, out / "ds", cache, OLD_SEED), "download.write=enospc")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "ENOSPC (No space left on device): " in line and line.endswith(".part")
+    assert [p for p in (cache / "downloads").rglob("*") if p.suffix in (".part", ".tmp")] == []
+    assert set_files(out / "ds") == {} and leftovers(out) == []  # nothing written or left
+
+
 def test_corrupt_plan_file_is_refused(world: World, tmp_path: Path) -> None:
     cfg = config(world.data, world.copy_old(tmp_path / "out"), tmp_path / "cache", NEW_SEED)
     shard = tokenize_input(world.data, cfg)
