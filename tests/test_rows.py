@@ -229,6 +229,21 @@ def test_uint16_input_ids(tmp_path: Path, shards) -> None:
     assert dtype == np.dtype("<u2") and len(seqs[0]) == 256
 
 
+def test_ids_outside_the_vocabulary_are_refused_while_writing(tmp_path: Path, shards) -> None:
+    from packft.errors import IntegrityError
+
+    reader, samples = shards
+    top = max(max(ids) for ids, _ in samples)  # a vocabulary one id too small: a corrupt shard
+    plan = plan_packing(reader.lengths, 255, "bfd")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(IntegrityError, match=f"token id {top} is outside the vocabulary of {top}"):
+        write_sft_dataset(out / "v", reader, plan, seq_length=256, pad_id=2, vocab_size=top)
+    assert list(out.iterdir()) == []  # nothing written, no temporary left
+    write_sft_dataset(out / "v", reader, plan, seq_length=256, pad_id=2, vocab_size=top + 1)
+    assert json.loads(sidecar_path(out / "v").read_text())["vocab_size"] == top + 1
+
+
 def test_unpacked_one_sample_per_sequence(tmp_path: Path, shards) -> None:
     reader, samples = shards
     plan = plan_unpacked(reader.lengths, 40 - 1, overlong="drop")
