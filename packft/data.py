@@ -1,6 +1,9 @@
 """Read SFT datasets for training: packed rows -> segments, position ids, cu_seqlens, loss weights.
 
-Input: the three MindSpeed files `{prefix}_packed_{input_ids,attention_mask,labels}_document`.
+Input: the three MindSpeed files `{prefix}_packed_{input_ids,attention_mask,labels}_document`,
+checked first by `packft.integrity.open_verified` (sizes and fingerprints against the sidecar,
+headers, equal row counts; a pending commit is finished, a mixed or partial set refused; a set
+without a sidecar, such as MindSpeed's own, loads after the structural checks with a warning).
 Every row is reduced to per-token *segment ids* (0 = padding, k >= 1 = the k-th sample):
   neat     attention_mask already holds them (`--neat-pack`; packft's writer does the same).
   eos      attention_mask is all ones (plain `--pack`): a sample ends after each run of eos tokens
@@ -30,7 +33,6 @@ a batch is built from mmap views (no dataset in RAM).
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass, fields
@@ -40,7 +42,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from packft.indexed import open_sft_dataset, sft_prefix
+from packft.indexed import sft_prefix
+from packft.integrity import open_verified
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +193,11 @@ class SFTDataset:
                 f"{found or 'nothing'}. Write the dataset with `packft preprocess ... "
                 "--output-prefix PREFIX` and pass that PREFIX."
             )
-        ds = open_sft_dataset(prefix)
+        verified = open_verified(prefix)  # a partial, mixed or corrupt set is refused here
+        for warning in verified.warnings:
+            warnings.warn(warning, stacklevel=2)
+        self._sidecar = verified.sidecar or {}
+        ds = verified.datasets
         self.ids, self.mask, self.labels = ds["input_ids"], ds["attention_mask"], ds["labels"]
         self.lengths = self.ids.lengths
         self.pad_id, self.eos_id = pad_id, eos_id
@@ -248,9 +255,8 @@ class SFTDataset:
         return collate([self.row(i) for i in indices], self.pad_id)
 
     def sidecar(self) -> dict:
-        """The packing stats written next to the dataset (`{prefix}.packft.json`), if any."""
-        path = Path(f"{self.prefix}.packft.json")
-        return json.loads(path.read_text()) if path.exists() else {}
+        """The sidecar the dataset was checked against (`{prefix}.packft.json`), if any."""
+        return self._sidecar
 
 
 class ShardedSampler:

@@ -18,11 +18,16 @@ attempt made progress. Each retry asks only for the missing tail (``Range: bytes
 answers fail at once. When complete, the file is hashed; a mismatch with the expected ``sha256``
 deletes the partial file and raises :class:`ChecksumMismatchError`, so nothing corrupt stays in the
 cache. A good file is fsynced and renamed into ``blobs/``, then ``urls.json`` is rewritten
-atomically. A per-URL ``flock`` keeps two processes from writing the same ``.part``.
+atomically. A per-URL ``flock`` keeps two processes from writing the same ``.part``. A local write
+error (disk full, read-only, I/O) deletes the ``.part`` and raises one ``OSError`` naming it.
 A body sent without ``Content-Length`` (nor a ``Content-Range`` total) ends when the connection
 closes, so a cut-short transfer looks complete: unless ``sha256`` was given, such a file is kept
 but recorded as ``"unverified": true`` in ``urls.json`` and a one-line warning is logged, also
 whenever the cached copy is reused. A body cut short *with* a known length is retried as above.
+
+Reuse is verified: a blob is returned from the cache only if its bytes still hash to its name
+(one read, ~1 GB/s); a corrupt blob is deleted with a warning and downloaded again. Each call
+first removes temporaries that dead processes left in the cache (:func:`packft.atomic.sweep`).
 
 Cost: one streaming pass to download plus one read to hash (~1.5 GB/s sha256 on this machine).
 """
@@ -40,13 +45,17 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from packft.atomic import atomic_write_bytes, fsync_dir
+from packft.atomic import atomic_write_bytes, fsync_dir, sweep
+from packft.digest import file_sha256, named_os_error
+from packft.faults import inject
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_CHUNK = 1 << 20
 
 
 class DownloadError(OSError):
@@ -78,15 +87,6 @@ class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (bounded memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -202,19 +202,49 @@ def _download_once(
                 if_range = etag if etag and not etag.startswith("W/") else ""
                 if_range = if_range or response.headers.get("last-modified", "")
                 meta.write_text(json.dumps({"url": url, "if_range": if_range, "suffix": suffix}))
-            with open(part, mode) as handle:
-                try:
-                    for chunk in response.iter_raw():  # no re-chunking: keep every byte received
-                        handle.write(chunk)
-                finally:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            _receive(response, part, meta, mode)
     except httpx.TransportError as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
     size = part.stat().st_size
     if total is not None and size != total:
         raise _Retryable(f"connection ended after {size} of {total} bytes")
     return suffix, total is not None
+
+
+def _receive(response: Any, part: Path, meta: Path, mode: str) -> None:
+    """Append the body to ``part``. A local write error (disk full, read-only, I/O) removes the
+    partial file, which could not be resumed usefully, and names it; network errors keep it."""
+    import httpx
+
+    try:
+        with open(part, mode) as handle:
+            try:
+                for chunk in response.iter_raw():  # no re-chunking: keep every byte received
+                    inject("download.write", part)
+                    handle.write(chunk)
+            finally:
+                handle.flush()
+                os.fsync(handle.fileno())
+    except httpx.TransportError:
+        raise
+    except OSError as error:
+        part.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        raise named_os_error(error, part) from None
+
+
+def _intact_blob(path: Path, digest: str, size: int | None = None) -> bool:
+    """A cached blob is reused only when its bytes still hash to its name; a corrupt one is
+    deleted (with a warning) so it is downloaded again."""
+    if not path.is_file():
+        return False
+    if (size is None or path.stat().st_size == size) and file_sha256(path) == digest:
+        return True
+    log.warning(
+        "cached download %s is corrupt (sha256 differs from its name): downloading it again", path
+    )
+    path.unlink(missing_ok=True)
+    return False
 
 
 def fetch_url(
@@ -251,17 +281,18 @@ def fetch_url(
 
     cache_dir = Path(cache_dir)
     expected = sha256.lower() if sha256 else None
+    sweep(cache_dir)
     if not refresh:
         entry = _load_index(cache_dir).get(url)
         usable = entry and (expected is None or entry["sha256"] == expected)
-        if usable and (cache_dir / entry["file"]).is_file():
+        if usable and _intact_blob(cache_dir / entry["file"], entry["sha256"], entry.get("size")):
             if entry.get("unverified") and expected is None:
                 _warn_unverified(url, entry)
             return cache_dir / entry["file"]
         if expected:
             suffix = _suffix_from_name(urlsplit(url).path, known_suffixes)
             candidate = cache_dir / "blobs" / f"{expected}{suffix}"
-            if suffix and candidate.is_file():
+            if suffix and _intact_blob(candidate, expected):
                 return candidate
     key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
     part = cache_dir / "partial" / f"{key}.part"
@@ -298,11 +329,8 @@ def fetch_url(
             )
         final = cache_dir / "blobs" / f"{digest}{suffix}"
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            part.unlink()
-        else:
-            os.replace(part, final)
-            fsync_dir(final.parent)
+        os.replace(part, final)  # over a blob of that name too: it may be a corrupt one
+        fsync_dir(final.parent)
         meta.unlink(missing_ok=True)
     entry = {"sha256": digest, "file": f"blobs/{final.name}", "size": final.stat().st_size}
     if not length_known and expected is None:

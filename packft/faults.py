@@ -2,12 +2,18 @@
 an exact step instead of racing a timer (the approach of Postgres' injection points and etcd's
 gofail).
 
-A point is one call, ``inject("dataset.commit.renamed")``, placed where a crash or an I/O error
+A point is one call, ``inject("dataset.renamed")``, placed where a crash or an I/O error
 matters. It does nothing unless ``PACKFT_FAULT`` names it::
 
-    PACKFT_FAULT="dataset.commit.renamed=kill"        SIGKILL this process at the first hit
-    PACKFT_FAULT="shards.write@3=enospc"              raise ENOSPC at the third hit
+    PACKFT_FAULT="dataset.renamed=kill"               SIGKILL this process at the first hit
+    PACKFT_FAULT="dataset.write@3=enospc"             raise ENOSPC at the third hit
     PACKFT_FAULT="a=kill,b=eio"                       several points
+
+Points placed so far: every :class:`packft.atomic.Stage` has ``<label>.write`` (each write),
+``.staged``, ``.journal``, ``.unmarked``, ``.renamed`` (after each rename), ``.marker`` and
+``.committed``, with the labels ``dataset``, ``atomic`` (single-file writes), ``rejects`` and
+``rollforward`` (a commit finished by a later process); ``probe.create`` (the output directory
+check) and ``download.write`` (each chunk of a download).
 
 Actions: ``kill`` (SIGKILL, no cleanup runs: a power cut as far as the process is concerned),
 ``enospc``, ``erofs``, ``eio`` (raise that ``OSError``, as the kernel would), ``exit`` (``os._exit(3)``).

@@ -19,7 +19,9 @@ data). MindSpeed's SFT files are ``{prefix}_packed_{input_ids,attention_mask,lab
 
 Writing streams: each ``add`` appends to the temporary ``.bin`` and remembers one length, so memory
 is 4 + 8 bytes per sequence, not the data. Nothing appears at the final names until ``commit``:
-files are written under temporary names in the same directory, fsynced, then renamed. Reading
+files are written under temporary names in the same directory, fsynced, then renamed. Given a
+:class:`packft.atomic.Stage`, the writer stages both files there (hashed while written) and the
+stage commits them with the other files of the set. Reading
 memory-maps both files and returns numpy views (no copy).
 """
 
@@ -30,10 +32,11 @@ import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
-from packft.atomic import fsync_dir
+from packft.atomic import Stage, fsync_dir
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -89,7 +92,9 @@ class IndexedDatasetWriter:
     block raises, the temporary files are removed and nothing at the final names changes.
     """
 
-    def __init__(self, prefix: str | Path, dtype: type[np.generic] = np.int32) -> None:
+    def __init__(
+        self, prefix: str | Path, dtype: type[np.generic] = np.int32, stage: Stage | None = None
+    ) -> None:
         self.prefix = Path(prefix)
         self.dtype = np.dtype(dtype)
         self.code = dtype_code(self.dtype)
@@ -97,11 +102,17 @@ class IndexedDatasetWriter:
             raise FileNotFoundError(
                 f"output directory {self.prefix.parent} does not exist; create it first"
             )
+        self._stage = stage
         self._bin_final = Path(f"{self.prefix}.bin")
         self._idx_final = Path(f"{self.prefix}.idx")
-        self._bin_tmp = _tmp_name(self._bin_final)
-        self._idx_tmp = _tmp_name(self._idx_final)
-        self._bin = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in finalize/abort
+        if stage is None:
+            self._bin_tmp = _tmp_name(self._bin_final)
+            self._idx_tmp = _tmp_name(self._idx_final)
+            self._bin: Any = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in finalize/abort
+        else:
+            self._bin_tmp = stage.temp(self._bin_final)
+            self._idx_tmp = stage.temp(self._idx_final)
+            self._bin = stage.open(self._bin_final)
         self._lengths: list[int] = []
         self._documents: list[int] = [0]
         self._finalized = False
@@ -135,33 +146,46 @@ class IndexedDatasetWriter:
         return len(self._lengths)
 
     def finalize(self) -> list[tuple[Path, Path]]:
-        """Flush and fsync both temporary files; return (tmp, final) pairs for :func:`commit`."""
+        """Flush and fsync both temporary files; return (tmp, final) pairs for :func:`commit`
+        (with a ``stage`` both are sealed in it instead, and the stage commits them)."""
         if self._finalized:
             raise RuntimeError(f"{self.prefix} was already finalized")
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
-        self._bin.close()
+        if self._stage is not None:
+            self._stage.seal(self._bin_final)
+            self._write_index(self._stage.open(self._idx_final))
+            self._stage.seal(self._idx_final)
+        else:
+            self._bin.flush()
+            os.fsync(self._bin.fileno())
+            self._bin.close()
+            with open(self._idx_tmp, "wb") as index:
+                self._write_index(index)
+                index.flush()
+                os.fsync(index.fileno())
+        self._finalized = True
+        return [(self._bin_tmp, self._bin_final), (self._idx_tmp, self._idx_final)]
+
+    def _write_index(self, index: Any) -> None:
         lengths = np.asarray(self._lengths, dtype=np.int32)
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
             np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
         documents = np.asarray(self._documents, dtype=np.int64)
-        with open(self._idx_tmp, "wb") as index:
-            index.write(MAGIC)
-            index.write(struct.pack("<Q", VERSION))
-            index.write(struct.pack("<B", self.code))
-            index.write(struct.pack("<Q", len(lengths)))
-            index.write(struct.pack("<Q", len(documents)))
-            index.write(lengths.tobytes(order="C"))
-            index.write(pointers.tobytes(order="C"))
-            index.write(documents.tobytes(order="C"))
-            index.flush()
-            os.fsync(index.fileno())
-        self._finalized = True
-        return [(self._bin_tmp, self._bin_final), (self._idx_tmp, self._idx_final)]
+        index.write(MAGIC)
+        index.write(struct.pack("<Q", VERSION))
+        index.write(struct.pack("<B", self.code))
+        index.write(struct.pack("<Q", len(lengths)))
+        index.write(struct.pack("<Q", len(documents)))
+        index.write(lengths.tobytes(order="C"))
+        index.write(pointers.tobytes(order="C"))
+        index.write(documents.tobytes(order="C"))
 
     def abort(self) -> None:
         """Drop the temporary files; the final names are untouched."""
+        if self._stage is not None:
+            self._stage.discard(self._bin_final)
+            self._stage.discard(self._idx_final)
+            return
         if not self._bin.closed:
             self._bin.close()
         for tmp in (self._bin_tmp, self._idx_tmp):

@@ -1,63 +1,45 @@
-"""``packft inspect PREFIX [--row N]``: a packed dataset's stats, consistency and decoded rows.
+"""``packft inspect PREFIX [--row N] [--verify]``: a packed dataset's stats, integrity and rows.
 
-Reads the sidecar ``{prefix}.packft.json`` and opens the three SFT datasets with
-:func:`packft.indexed.open_sft_dataset` (which checks headers and matching lengths). It reports
-whether the data files still have the sizes the sidecar recorded (a crash in the rename window,
-or files replaced by another tool, shows up here). ``--row N`` decodes row N segment by segment
-(segments from the plan file), showing which tokens are trained (labels != -100).
+First :func:`packft.integrity.open_verified` (``require_all``): a commit a killed writer left
+decided is finished; every file the sidecar records (six data files, plan, rejects) must have
+its size and fingerprint; headers, equal row counts across the three fields and the recorded
+row count are checked. ``--verify`` also hashes every byte (sha256) and checks every input id and
+label against the vocabulary size in the sidecar. Any failure is one line and exit 1. A dataset
+without a sidecar (MindSpeed's own) gets the structural checks and a warning. ``--row N``
+decodes row N segment by segment (segments from the plan file), showing which tokens are trained
+(labels != -100).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packft.errors import IntegrityError, UsageError
-from packft.indexed import SFT_KEYS, open_sft_dataset, sft_prefix
+from packft.errors import UsageError
+from packft.indexed import open_sft_dataset
+from packft.integrity import open_verified
 from packft.rows import IGNORE_INDEX, plan_path, sidecar_path
 
 
 def load_sidecar(prefix: str | Path) -> dict[str, Any]:
-    path = sidecar_path(prefix)
-    if not path.exists():
-        data_files = [f"{sft_prefix(prefix, k)}.bin" for k in SFT_KEYS]
-        present = [f for f in data_files if os.path.exists(f)]
-        hint = (
-            "the data files exist without a sidecar: the write was interrupted or the dataset "
-            "was not written by packft; rerun `packft preprocess`"
-            if present
-            else "no dataset at this prefix; run `packft preprocess --output-prefix PREFIX ...`"
+    """The sidecar of a dataset checked by :func:`packft.integrity.open_verified`.
+
+    Raises:
+        FileNotFoundError: no sidecar (MindSpeed's own sets have none).
+        IntegrityError: the set is partial, mixed or corrupt.
+    """
+    sidecar = open_verified(prefix, require_all=True).sidecar
+    if sidecar is None:
+        raise FileNotFoundError(
+            f"{sidecar_path(prefix)} not found: the dataset was not written by packft (or its "
+            "sidecar was deleted); `packft preprocess --output-prefix PREFIX ...` writes one"
         )
-        raise FileNotFoundError(f"{path} not found: {hint}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise IntegrityError(
-            f"{path}: the sidecar is not valid JSON ({error}); the dataset's record is damaged: "
-            "rerun `packft preprocess` to rebuild it"
-        ) from None
-    if not isinstance(data, dict):
-        raise IntegrityError(f"{path}: the sidecar holds {type(data).__name__}, not an object")
-    return data
-
-
-def check_files(prefix: str | Path, sidecar: dict[str, Any]) -> list[str]:
-    """Problems between the sidecar's recorded file sizes and the files on disk."""
-    problems = []
-    for key, sizes in sidecar.get("files", {}).items():
-        for ext, size in sizes.items():
-            path = Path(f"{sft_prefix(prefix, key)}.{ext}")
-            if not path.exists():
-                problems.append(f"{path} is missing")
-            elif path.stat().st_size != size:
-                problems.append(f"{path} has {path.stat().st_size} bytes, sidecar says {size}")
-    return problems
+    return sidecar
 
 
 def row_segments(prefix: str | Path, row: int) -> list[tuple[int, int, int]]:
@@ -192,6 +174,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", default=None, help="tokenizer for --row (default: the one in the sidecar)"
     )
     parser.add_argument("--json", action="store_true", help="print the sidecar as JSON")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also hash every byte against the sidecar and check every id < the vocabulary size",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,25 +187,33 @@ def run(args: argparse.Namespace) -> int:
     from packft.stats import stats_table
 
     console = Console()
-    sidecar = load_sidecar(args.prefix)  # errors: one line via packft.cli (exit 1; 2 for usage)
+    verified = open_verified(args.prefix, full=args.verify, require_all=True)
+    for warning in verified.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sidecar = verified.sidecar
     if args.json:
         print(json.dumps(sidecar, indent=1))
-    else:
+    elif sidecar is not None:
         console.print(stats_table(sidecar.get("stats", {}), f"{args.prefix}"))
         for key in ("packft_version", "template", "tokenizer", "algorithm", "seed", "mix"):
             console.print(f"{key}: {sidecar.get(key)}")
-    problems = check_files(args.prefix, sidecar)
-    for problem in problems:
-        console.print(f"[red]inconsistent:[/red] {problem}")
+    else:
+        ids = verified.datasets["input_ids"]
+        console.print(f"rows: {len(ids)}  tokens: {ids.num_tokens}  dtype: {ids.dtype}")
+    for line in verified.checked:
+        console.print(f"verified: {line}")
     if args.row is not None:
         from packft.templates import load_tokenizer
 
+        if sidecar is None and args.tokenizer is None:
+            raise UsageError("--row needs --tokenizer for a dataset without a packft sidecar")
         row_segments(args.prefix, args.row)  # an out-of-range row fails before the tokenizer loads
-
-        tokenizer = load_tokenizer(args.tokenizer or sidecar["tokenizer"], sidecar["template"])
+        tokenizer = load_tokenizer(
+            args.tokenizer or sidecar["tokenizer"], (sidecar or {}).get("template", "empty")
+        )
         segments = decode_row(args.prefix, args.row, tokenizer)
         if args.labels:
             print_labels(args.prefix, args.row, tokenizer)
         else:
             print_row(segments)
-    return 1 if problems else 0
+    return 0

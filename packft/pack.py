@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numba
 import numpy as np
@@ -302,6 +302,12 @@ class PackPlan:
     def save(self, path: str | Path) -> Path:
         """Write the plan as ``.npz`` atomically (temp in the same directory, fsync, rename)."""
         path = Path(path)
+        with atomic_writer(path, "wb") as out:
+            self.save_to(out)
+        return path
+
+    def save_to(self, out: BinaryIO) -> None:
+        """Write the plan's ``.npz`` bytes to an open binary file (e.g. a staged temporary)."""
         meta = np.array(
             [
                 self.capacity,
@@ -313,22 +319,35 @@ class PackPlan:
             ],
             dtype=np.int64,
         )
-        with atomic_writer(path, "wb") as out:
-            np.savez(
-                out,
-                row_offsets=self.row_offsets,
-                items=self.items,
-                starts=self.starts,
-                lengths=self.lengths,
-                dropped=self.dropped,
-                meta=meta,
-                algorithm=np.array(self.algorithm),
-                overlong=np.array(self.overlong),
-            )
-        return path
+        np.savez(
+            out,
+            row_offsets=self.row_offsets,
+            items=self.items,
+            starts=self.starts,
+            lengths=self.lengths,
+            dropped=self.dropped,
+            meta=meta,
+            algorithm=np.array(self.algorithm),
+            overlong=np.array(self.overlong),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> PackPlan:
+        """Read a plan file (no pickles); a damaged one is an ``IntegrityError`` naming it."""
+        import zipfile
+
+        from packft.errors import IntegrityError
+
+        try:
+            return cls._load(path)
+        except (zipfile.BadZipFile, KeyError, ValueError, EOFError) as error:
+            raise IntegrityError(
+                f"{path} is not a readable packft plan ({type(error).__name__}: {error}); "
+                "write it again (re-run `packft preprocess`)"
+            ) from None
+
+    @classmethod
+    def _load(cls, path: str | Path) -> PackPlan:
         with np.load(path) as data:
             capacity, seed, mix, num_samples, truncated, split = (int(x) for x in data["meta"])
             return cls(

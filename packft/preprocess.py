@@ -44,9 +44,8 @@ import argparse
 import functools
 import hashlib
 import json
-import os
+import logging
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ HANDLERS = (
     "OpenAIInstructionHandler",
 )
 DEFAULT_CACHE = "~/.cache/packft"
+log = logging.getLogger(__name__)
 SHARD_FORMAT = 2
 """In the shard cache key: 2 = header with pad/eos ids and vocab size, neat-pack pair cut."""
 
@@ -356,13 +356,21 @@ def tokenize_input(
     change re-tokenizes and an unchanged input is never tokenized twice. ``progress`` gets the
     number of records of each finished batch.
     """
+    from packft.atomic import sweep
+    from packft.integrity import check_seal, seal, unseal
     from packft.tokenize import tokenize_file
 
     out_dir = Path(out_dir) if out_dir is not None else cfg.cache_path / "shards"
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep(out_dir)
     shard = out_dir / f"{Path(path).name}.{_shard_key(Path(path), cfg)[:20]}.arrow"
+    rejects = rejects_path_for(shard)
     if shard.exists() and not cfg.overwrite_cache:
-        return shard
+        problem = check_seal(shard, [rejects])
+        if problem is None:
+            return shard
+        log.warning("cached shard %s is not reused (%s): tokenizing %s again", shard, problem, path)
+    unseal(shard)
     tokenize_file(
         Path(path),
         shard,
@@ -371,16 +379,19 @@ def tokenize_input(
         tokenizer_path=cfg.tokenizer_name_or_path,
         template=cfg.prompt_type.strip(),
         options=_options(cfg),
-        rejects_path=rejects_path_for(shard),
+        rejects_path=rejects,
         on_invalid=cfg.on_invalid,
         progress=progress,
         repair=cfg.repair,
     )
+    seal(shard, [rejects])
     return shard
 
 
 def plan(cfg: PreprocessConfig, shard_paths: list[Path]) -> Path:
     """Plan rows over all shards at once; returns the plan file (in the cache directory)."""
+    from packft.atomic import sweep
+    from packft.integrity import seal, unseal
     from packft.pack import plan_packing, plan_unpacked
     from packft.shards import TokenShards
 
@@ -403,7 +414,11 @@ def plan(cfg: PreprocessConfig, shard_paths: list[Path]) -> Path:
     ).hexdigest()[:20]
     out = cfg.cache_path / "plans" / f"{key}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return result.save(out)
+    sweep(out.parent)
+    unseal(out)
+    result.save(out)
+    seal(out)
+    return out
 
 
 def write(
@@ -416,7 +431,9 @@ def write(
     """Build rows and write the datasets, plan and sidecar; returns the sidecar's stats."""
     import numpy as np
 
+    from packft.errors import IntegrityError
     from packft.indexed import optimal_dtype
+    from packft.integrity import check_seal, dataset_stage, seal_path
     from packft.pack import PackPlan
     from packft.rows import write_sft_dataset
     from packft.shards import TokenShards, tokenizer_ids
@@ -431,6 +448,9 @@ def write(
         ids = {"pad_id": pad, "eos_id": eos, "vocab_size": len(tokenizer)}
     pad_id = ids["pad_id"]
     ids_dtype = optimal_dtype(ids["vocab_size"]) if cfg.dtype == "optimal" else np.int32
+    problem = check_seal(plan_file) if seal_path(plan_file).exists() else None
+    if problem is not None:
+        raise IntegrityError(f"plan file {plan_file}: {problem}; re-run to plan again")
     the_plan = PackPlan.load(plan_file)
     tok = tokenize_totals(shard_paths)
     sidecar = {
@@ -449,18 +469,15 @@ def write(
         "shards": [p.name for p in shard_paths],
     }
     seq_length = cfg.seq_length or int(the_plan.lengths.max(initial=1)) + 1
-    # The rejects file is renamed with the data files (after the old sidecar is removed), so a
-    # failed or killed write leaves the previous dataset's rejects with its sidecar.
-    rejects = Path(f"{cfg.prefix}.rejects.jsonl")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{rejects.name}.", dir=rejects.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(fd, 0o644)
-            for shard in shard_paths:
-                if rejects_path_for(shard).exists():
-                    out.write(rejects_path_for(shard).read_bytes())
-            out.flush()
-            os.fsync(fd)
+    # One stage holds every file of the set: the rejects file, the six data files, the plan and
+    # the sidecar are committed together (see packft.integrity).
+    with dataset_stage(cfg.prefix) as stage:
+        rejects = Path(f"{cfg.prefix}.rejects.jsonl")
+        out = stage.open(rejects)
+        for shard in shard_paths:
+            if rejects_path_for(shard).exists():
+                out.write(rejects_path_for(shard).read_bytes())
+        stage.seal(rejects)
         with TokenShards(shard_paths) as shards:
             stats = write_sft_dataset(
                 cfg.prefix,
@@ -473,10 +490,9 @@ def write(
                 ids_dtype=ids_dtype,
                 sidecar={**sidecar, "stats": merged_counts(tok, the_plan)},
                 progress=progress,
-                extra_files=[(Path(tmp_name), rejects)],
+                stage=stage,
+                vocab_size=int(ids["vocab_size"]),
             )
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)  # renamed on success
     return {**stats.to_dict(), **merged_counts(tok, the_plan)}
 
 
@@ -491,8 +507,10 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from packft.indexed import SFT_KEYS, sft_prefix
+    from packft.integrity import prepare_output
     from packft.pack import PackPlan
 
+    prepare_output(cfg.prefix)  # an unwritable output directory fails before any tokenizing
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 

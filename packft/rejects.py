@@ -21,15 +21,13 @@ Reason codes are listed in :mod:`packft.formats`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from packft.atomic import fsync_dir
+from packft.atomic import Stage
 
 ON_INVALID = ("skip", "fail")
 
@@ -122,7 +120,7 @@ class RejectLog:
         self.total = 0
         self.valid = 0
         self._handle: IO[str] | None = None
-        self._tmp: Path | None = None
+        self._stage: Stage | None = None
 
     def __enter__(self) -> RejectLog:
         return self
@@ -150,10 +148,8 @@ class RejectLog:
         if self.path is not None:
             if self._handle is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".tmp-{self.path.name}.", dir=self.path.parent)
-                os.fchmod(fd, 0o644)
-                self._tmp = Path(name)
-                self._handle = os.fdopen(fd, "w", encoding="utf-8")
+                self._stage = Stage(self.path.parent, label="rejects")
+                self._handle = self._stage.open(self.path, "w")
             line = {
                 "source": source,
                 "row": row,
@@ -173,23 +169,22 @@ class RejectLog:
 
     def close(self) -> None:
         """Publish the rejects file (or remove a stale one when nothing was rejected)."""
-        if self._handle is not None and self._tmp is not None and self.path is not None:
+        if self._handle is not None and self._stage is not None and self.path is not None:
             self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            os.replace(self._tmp, self.path)
-            fsync_dir(self.path.parent)
-            self._handle = self._tmp = None
+            try:
+                self._stage.seal(self.path)
+                self._stage.commit()
+            finally:
+                self.abort()
         elif self._handle is None and self.path is not None and not self.counts:
             self.path.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Drop the partial rejects file (the run failed for another reason)."""
-        if self._handle is not None:
-            self._handle.close()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-        self._handle = self._tmp = None
+        if self._stage is not None:
+            self._stage.abort()
+            self._stage.close()
+        self._handle = self._stage = None
 
     @property
     def rejected(self) -> int:

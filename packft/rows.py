@@ -23,14 +23,14 @@ earlier pieces of its sample, and its first label is -100 like any sample start.
 
 Memory: tokens are fetched per piece with ``os.pread`` through :class:`packft.shards.TokenShards`
 (why not a map: see :mod:`packft.shards`), so peak RSS is a few row buffers plus O(samples)
-small index arrays, flat in dataset size. Crash semantics: every data file is written
-under a temporary name, fsynced, and only then renamed; the old sidecar is removed before the
-renames and the new one is written after them (the caller's ``extra_files``, e.g. the rejects
-file, are renamed with the data files), so a dataset whose ``P.packft.json`` exists is
-complete and consistent. A crash in the (microsecond) rename window can leave a mix of old and
-new data files without a sidecar; ``packft inspect`` reports that state. A killed run leaves
-hidden ``.{name}.tmp-{pid}`` files next to the dataset (outside MindSpeed's glob), which later
-runs neither read nor remove.
+small index arrays, flat in dataset size. Crash semantics: every file of the set (six data
+files, plan, the caller's rejects file, sidecar) is staged in one journaled
+:class:`packft.atomic.Stage` (:func:`packft.integrity.dataset_stage`): written under a hidden
+temporary name, hashed while written and fsynced; then the journal decides the commit, the old
+sidecar goes, the files are renamed and the new sidecar (with each file's size, sha256 and
+fingerprint, see :mod:`packft.integrity`) comes last. A kill before the journal leaves the old
+set (the next run removes the temporaries); a kill after it is rolled forward by the next packft
+process. A write error removes every temporary and names the file and errno.
 
 Measured (benchmarks/bench_preprocess.py, before the pad id moved into the shard header): the
 write step (tokenizer load, pread gather, three writers, fsync, sidecar) took 1.3 s for 100k
@@ -40,28 +40,24 @@ Alpaca samples (4,884 rows of 4096) and 4.0 s for 400k, with the main process fl
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from packft.atomic import atomic_writer
-from packft.indexed import SFT_KEYS, IndexedDatasetWriter, commit, sft_prefix
+from packft.atomic import Stage
+from packft.errors import IntegrityError
+from packft.indexed import SFT_KEYS, IndexedDatasetWriter, sft_prefix
+from packft.integrity import plan_path, sidecar_path
 from packft.pack import PackPlan, lower_bound_rows
 from packft.shards import ShardFormatError, TokenShards  # noqa: F401  (old import path)
 
 IGNORE_INDEX = -100
-
-
-def sidecar_path(prefix: str | Path) -> Path:
-    return Path(f"{prefix}.packft.json")
-
-
-def plan_path(prefix: str | Path) -> Path:
-    return Path(f"{prefix}.packft.plan.npz")
+__all__ = ["IGNORE_INDEX", "RowStats", "plan_path", "sidecar_path", "write_sft_dataset"]
 
 
 @dataclass
@@ -102,9 +98,10 @@ def write_sft_dataset(
     ids_dtype: type[np.generic] = np.int32,
     sidecar: dict | None = None,
     progress: Callable[[int], None] | None = None,
-    extra_files: Sequence[tuple[Path, Path]] = (),
+    stage: Stage | None = None,
+    vocab_size: int | None = None,
 ) -> RowStats:
-    """Write rows of ``plan`` to the three SFT datasets, then plan file and sidecar (last).
+    """Write rows of ``plan`` to the three SFT datasets, plan file and sidecar, as one commit.
 
     Args:
         prefix: MindSpeed's ``--output-prefix`` (files get ``_packed_{key}_document``).
@@ -117,80 +114,146 @@ def write_sft_dataset(
         ids_dtype: dtype of ``input_ids`` (int32, or uint16 for ``--dtype optimal``).
         sidecar: extra JSON fields (config, hashes, ...); stats are added under ``"stats"``.
         progress: called with the number of rows written since the last call.
-        extra_files: finished ``(temporary, final)`` files of the same dataset (the rejects
-            file) renamed together with the data files, so they belong to the same sidecar;
-            removed if the write fails.
+        stage: the dataset's stage (:func:`packft.integrity.dataset_stage`) when the caller
+            stages more files of the set in it (the rejects file); default: a new one. The
+            stage is committed here, the sidecar last.
+        vocab_size: refuse token ids outside ``[0, vocab_size)`` (a corrupt shard) while writing.
 
     Returns:
         The :class:`RowStats` of what was written.
+
+    Raises:
+        IntegrityError: a shard holds an id outside the vocabulary.
+        OSError: a write failed (named path and errno); every temporary file is removed.
     """
+    from packft.integrity import dataset_stage
+
     prefix = Path(prefix)
     if pack and plan.capacity > seq_length:
         raise ValueError(f"plan capacity {plan.capacity} exceeds seq_length {seq_length}")
+    with contextlib.ExitStack() as scope:
+        if stage is None:
+            stage = scope.enter_context(dataset_stage(prefix))
+        try:
+            writers = {
+                key: IndexedDatasetWriter(
+                    sft_prefix(prefix, key), ids_dtype if key == "input_ids" else np.int32, stage
+                )
+                for key in SFT_KEYS
+            }
+            supervised = _write_rows(writers, shards, plan, seq_length, pad_id, pack, neat_pack,
+                                     ids_dtype, vocab_size, progress)  # fmt: skip
+            for writer in writers.values():
+                writer.finalize()
+            stats = row_stats(plan, seq_length, pack, supervised)
+            plan.save_to(stage.open(plan_path(prefix)))
+            stage.seal(plan_path(prefix))
+            payload = dict(sidecar or {})
+            payload["stats"] = {**stats.to_dict(), **payload.get("stats", {})}  # caller's win
+            if vocab_size is not None:
+                payload["vocab_size"] = int(vocab_size)
+            payload["files"] = {
+                key: {e: stage.records[Path(f"{sft_prefix(prefix, key)}.{e}").name]["size"]
+                      for e in ("bin", "idx")}
+                for key in SFT_KEYS
+            }  # fmt: skip
+            payload["integrity"] = {
+                "generation": uuid.uuid4().hex,
+                "rows": plan.num_rows,
+                "files": dict(stage.records),
+            }
+            out = stage.open(sidecar_path(prefix), "w")
+            json.dump(payload, out, indent=1, sort_keys=False)
+            out.write("\n")
+            stage.seal(sidecar_path(prefix))
+            stage.commit(marker=sidecar_path(prefix))
+        except BaseException:
+            stage.abort()
+            raise
+    return stats
+
+
+def _write_rows(
+    writers: dict[str, IndexedDatasetWriter],
+    shards: TokenShards,
+    plan: PackPlan,
+    seq_length: int,
+    pad_id: int,
+    pack: bool,
+    neat_pack: bool,
+    ids_dtype: type[np.generic],
+    vocab_size: int | None,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Build and append every row (see the module docstring); returns the supervised tokens."""
+    ids_row = np.empty(seq_length, np.int64)
+    labels_row = np.empty(seq_length, np.int32)
+    mask_row = np.empty(seq_length, np.int32)
+    supervised = 0
+    pending = 0
+    # Unpacked output keeps MindSpeed's index exactly: a dropped sample still closes an
+    # (empty) document at its place in input order.
+    dropped = np.sort(plan.dropped) if not pack else np.zeros(0, np.int64)
+    next_dropped = 0
+    for r in range(plan.num_rows):
+        items, starts, lengths = plan.row(r)
+        while next_dropped < len(dropped) and len(items) and dropped[next_dropped] < items[0]:
+            for w in writers.values():
+                w.end_document()
+            next_dropped += 1
+        at = 0
+        for k in range(len(items)):
+            n = int(lengths[k])
+            ids, labels = shards.read(int(items[k]), int(starts[k]), n)
+            ids_row[at : at + n] = ids
+            labels_row[at : at + n] = labels
+            if pack and n:
+                labels_row[at] = IGNORE_INDEX
+            mask_row[at : at + n] = k + 1 if neat_pack else 1
+            at += n
+        if vocab_size is not None and at:
+            _check_vocab(ids_row[:at], vocab_size, shards, items)
+        if pack:
+            ids_row[at:] = pad_id
+            labels_row[at:] = IGNORE_INDEX
+            mask_row[at:] = 0 if neat_pack else 1
+            end = seq_length
+        else:
+            end = at
+        supervised += int(np.count_nonzero(labels_row[:end] != IGNORE_INDEX))
+        writers["input_ids"].add(ids_row[:end].astype(ids_dtype))
+        writers["attention_mask"].add(mask_row[:end])
+        writers["labels"].add(labels_row[:end])
+        pending += 1
+        if progress is not None and pending >= 256:
+            progress(pending)
+            pending = 0
+    if progress is not None and pending:
+        progress(pending)
+    for _ in range(next_dropped, len(dropped)):
+        for w in writers.values():
+            w.end_document()
+    return supervised
+
+
+def _check_vocab(ids: np.ndarray, vocab_size: int, shards: TokenShards, items: np.ndarray) -> None:
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = high if high >= vocab_size else low
+        sources = sorted({str(shards.path_of(int(i))) for i in items})
+        raise IntegrityError(
+            f"token id {bad} is outside the vocabulary of {vocab_size} in a sample of "
+            f"{', '.join(sources)}: the tokenized shard is corrupt; delete it or re-run with "
+            "--overwrite-cache"
+        )
+
+
+def row_stats(plan: PackPlan, seq_length: int, pack: bool, supervised: int) -> RowStats:
+    """What a dataset written from ``plan`` holds (tokens, rows, efficiency, samples per row)."""
     stats = RowStats(
         seq_length=seq_length, dropped=len(plan.dropped), truncated=plan.truncated, split=plan.split
     )
     per_row = np.diff(plan.row_offsets)
-    writers = {
-        key: IndexedDatasetWriter(
-            sft_prefix(prefix, key), ids_dtype if key == "input_ids" else np.int32
-        )
-        for key in SFT_KEYS
-    }
-    try:
-        ids_row = np.empty(seq_length, np.int64)
-        labels_row = np.empty(seq_length, np.int32)
-        mask_row = np.empty(seq_length, np.int32)
-        supervised = 0
-        pending = 0
-        # Unpacked output keeps MindSpeed's index exactly: a dropped sample still closes an
-        # (empty) document at its place in input order.
-        dropped = np.sort(plan.dropped) if not pack else np.zeros(0, np.int64)
-        next_dropped = 0
-        for r in range(plan.num_rows):
-            items, starts, lengths = plan.row(r)
-            while next_dropped < len(dropped) and len(items) and dropped[next_dropped] < items[0]:
-                for w in writers.values():
-                    w.end_document()
-                next_dropped += 1
-            at = 0
-            for k in range(len(items)):
-                n = int(lengths[k])
-                ids, labels = shards.read(int(items[k]), int(starts[k]), n)
-                ids_row[at : at + n] = ids
-                labels_row[at : at + n] = labels
-                if pack and n:
-                    labels_row[at] = IGNORE_INDEX
-                mask_row[at : at + n] = k + 1 if neat_pack else 1
-                at += n
-            if pack:
-                ids_row[at:] = pad_id
-                labels_row[at:] = IGNORE_INDEX
-                mask_row[at:] = 0 if neat_pack else 1
-                end = seq_length
-            else:
-                end = at
-            supervised += int(np.count_nonzero(labels_row[:end] != IGNORE_INDEX))
-            writers["input_ids"].add(ids_row[:end].astype(ids_dtype))
-            writers["attention_mask"].add(mask_row[:end])
-            writers["labels"].add(labels_row[:end])
-            pending += 1
-            if progress is not None and pending >= 256:
-                progress(pending)
-                pending = 0
-        if progress is not None and pending:
-            progress(pending)
-        for _ in range(next_dropped, len(dropped)):
-            for w in writers.values():
-                w.end_document()
-        pairs = [pair for w in writers.values() for pair in w.finalize()]
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        for tmp, _ in extra_files:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
     total = int(plan.lengths.sum(dtype=np.int64))
     stats.rows, stats.items = plan.num_rows, len(plan.items)
     stats.total_tokens, stats.supervised_tokens = total, supervised
@@ -209,18 +272,4 @@ def write_sft_dataset(
     stats.efficiency_padded_alone = (
         total / (len(plan.items) * seq_length) if len(plan.items) else 0.0
     )
-
-    sidecar_file = sidecar_path(prefix)
-    sidecar_file.unlink(missing_ok=True)  # no sidecar while data files change
-    commit([*pairs, *((Path(t), Path(f)) for t, f in extra_files)])
-    plan.save(plan_path(prefix))
-    payload = dict(sidecar or {})
-    payload["stats"] = {**stats.to_dict(), **payload.get("stats", {})}  # caller's counts win
-    payload["files"] = {
-        key: {ext: os.path.getsize(f"{sft_prefix(prefix, key)}.{ext}") for ext in ("bin", "idx")}
-        for key in SFT_KEYS
-    }
-    with atomic_writer(sidecar_file, "w") as out:
-        json.dump(payload, out, indent=1, sort_keys=False)
-        out.write("\n")
     return stats

@@ -227,6 +227,10 @@ class TokenShards:
             raise ShardError(f"short read of sample {i} in {self.paths[self._shard[i]]}")
         return ids, labels
 
+    def path_of(self, i: int) -> Path:
+        """The shard file sample ``i`` comes from."""
+        return self.paths[int(self._shard[i])]
+
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, labels) of sample ``i`` (read-only int32 arrays)."""
         return self.read(i)

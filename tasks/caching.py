@@ -12,7 +12,9 @@ Parameters that only say *where* things go (``work_dir`` ...) are excluded by na
 Outputs live at paths derived from the content (``work_dir/shards/<digest>.arrow``), so a cached
 result always points at the right files. If those files were deleted while the Prefect result record
 survived, :func:`content_cache` sees the record without its outputs and returns a one-off key:
-the task runs again and rewrites the same paths, after which the old record is valid again.
+the task runs again and rewrites the same paths, after which the old record is valid again. The
+same happens when an output exists but fails its checksum record (``intact``): a corrupt shard or
+plan is rebuilt, never reused.
 
 Results persist as files named by key under ``result_storage`` (a ``pathlib.Path``; a ``str``
 would be read as a block slug), so the cache survives process and server restarts.
@@ -136,6 +138,7 @@ def content_cache(
     exclude: tuple[str, ...] = (),
     outputs: Callable[[Mapping[str, Any]], Iterable[Path]] | None = None,
     view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    intact: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Callable[[Any, dict[str, Any]], str]:
     """A Prefect ``cache_key_fn`` keyed on content (see module docstring).
 
@@ -144,6 +147,8 @@ def content_cache(
         outputs: ``params -> paths`` the task writes (derived from content, not from the key); a
             stored result whose paths are gone is not reused.
         view: ``kept params -> what the key sees`` (e.g. drop config fields that do not matter).
+        intact: ``params -> bool``, called when the outputs exist: False (a corrupt cache entry,
+            see :func:`packft.integrity.check_seal`) re-runs the task instead of reusing it.
     """
 
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:
@@ -152,7 +157,8 @@ def content_cache(
         if view is not None:
             kept = view(kept)
         key = content_key(task.name, task.fn, kept)
-        if outputs is not None and not all(Path(p).exists() for p in outputs(parameters)):
+        paths = list(outputs(parameters)) if outputs is not None else []
+        if not all(Path(p).exists() for p in paths) or (intact and not intact(parameters)):
             store = getattr(context, "result_store", None)
             if store is not None and store.exists(key):
                 return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"

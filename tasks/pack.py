@@ -20,6 +20,7 @@ from prefect import task
 
 from packft import __version__, store
 from packft.atomic import atomic_write_bytes, atomic_writer
+from packft.integrity import check_seal, seal, unseal
 from packft.publish_gate import PublishGate
 from tasks.caching import FileRef, content_cache, digest_json
 
@@ -56,11 +57,16 @@ def dataset_fingerprint(inputs: list[FileRef], tokenizer: FileRef, settings: dic
     )
 
 
+def _plan_intact(p: dict[str, Any]) -> bool:
+    return check_seal(plan_file(p["work_dir"], p["shards"], p["settings"])) is None
+
+
 @task(
     name="pack",
     cache_key_fn=content_cache(
         exclude=("work_dir", "cfg"),
         outputs=lambda p: [plan_file(p["work_dir"], p["shards"], p["settings"])],
+        intact=_plan_intact,
     ),
     persist_result=True,
 )
@@ -73,8 +79,10 @@ def pack(
 
     local = cfg.model_copy(update={"cache_dir": str(Path(work_dir) / "preprocess")})
     out = plan_file(work_dir, shards, settings)
+    unseal(out)
     with open(plan(local, [s.path for s in shards]), "rb") as src, atomic_writer(out) as dst:
         shutil.copyfileobj(src, dst)
+    seal(out)
     the_plan = PackPlan.load(out)
     return {
         "plan": str(out),

@@ -75,9 +75,19 @@ def _outputs(p: dict[str, Any]) -> list[Path]:
     return [shard_dir(p["work_dir"], p["source"], p["tokenizer"], p["settings"]) / "DONE"]
 
 
+def _intact(p: dict[str, Any]) -> bool:
+    """The shard named by ``DONE`` still matches its checksum record (else re-tokenize)."""
+    from packft.integrity import check_seal
+    from packft.preprocess import rejects_path_for
+
+    done = _outputs(p)[0]
+    shard = done.parent / done.read_text().strip()
+    return check_seal(shard, [rejects_path_for(shard)]) is None
+
+
 @task(
     name="tokenize",
-    cache_key_fn=content_cache(exclude=("work_dir", "cfg"), outputs=_outputs),
+    cache_key_fn=content_cache(exclude=("work_dir", "cfg"), outputs=_outputs, intact=_intact),
     persist_result=True,
 )
 def tokenize(

@@ -100,7 +100,10 @@ def test_pack_mode_detection_and_eos_warning(tmp_path):
 
 def test_reads_mindspeed_unpacked_output(reference_dir):
     prefix = reference_dir / "mindspeed_alpaca_llama2_nopack4096" / "alpaca"
-    ds = SFTDataset(prefix)
+    before = sorted(p.name for p in prefix.parent.iterdir())
+    with pytest.warns(UserWarning, match="no packft sidecar"):  # MindSpeed writes none
+        ds = SFTDataset(prefix)
+    assert sorted(p.name for p in prefix.parent.iterdir()) == before  # a reader writes nothing
     assert ds.mode == "unpacked" and len(ds) == 999
     b = ds.batch([0, 1, 2, 3])
     longest = max(int(ds.lengths[i]) for i in range(4))

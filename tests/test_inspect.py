@@ -93,10 +93,22 @@ def test_reports_inconsistent_or_missing_files(dataset: Path, tmp_path: Path, ca
         if name.is_file():
             (tmp_path / name.name).write_bytes(name.read_bytes())
     copy = tmp_path / dataset.name
+    assert main(["inspect", str(copy), "--verify"]) == 0  # a copy elsewhere is the same set
     with open(f"{copy}_packed_labels_document.bin", "ab") as f:
         f.write(b"\0\0\0\0")
     assert main(["inspect", str(copy)]) == 1
-    assert "inconsistent" in capsys.readouterr().out
-    Path(f"{copy}.packft.json").unlink()
-    assert main(["inspect", str(copy)]) == 1  # a missing file is a data error, not usage
-    assert "without a sidecar" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ds_packed_labels_document.bin" in err
+    assert "bytes, the sidecar records" in err
+    Path(f"{copy}.packft.json").unlink()  # packft's plan without its sidecar: unfinished write
+    assert main(["inspect", str(copy)]) == 1
+    assert "ds.packft.plan.npz, ds.rejects.jsonl exist but ds.packft.json does not" in (
+        capsys.readouterr().err
+    )
+    Path(f"{copy}.packft.plan.npz").unlink()
+    Path(f"{copy}.rejects.jsonl").unlink()  # now like MindSpeed's own set: structure is checked
+    assert main(["inspect", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "no packft sidecar" in err and "the index describes" in err and len(err.splitlines()) == 1
+    )

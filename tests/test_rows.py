@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from packft.atomic import LOCK_RE, TEMP_RE, sweep
 from packft.pack import PackPlan, plan_packing, plan_unpacked
 from packft.rows import TokenShards, plan_path, sidecar_path, write_sft_dataset
 from packft.shards import (
@@ -214,8 +215,9 @@ def test_packed_rows_hold_every_sample_intact(tmp_path: Path, shards, neat: bool
     # MindSpeed's reader globs {prefix}_packed_*_document*: only the six data files match
     matched = sorted(Path(p).name for p in glob.glob(f"{prefix}_packed_*_document*"))
     assert matched == sorted(f"ds_packed_{k}_document.{e}" for k in KEYS for e in ("bin", "idx"))
+    # plus the commit lock (hidden, empty, kept: see packft.atomic); no temporaries are left
     assert sorted(p.name for p in prefix.parent.iterdir()) == sorted(
-        [*matched, "ds.packft.json", "ds.packft.plan.npz"]
+        [*matched, "ds.packft.json", "ds.packft.plan.npz", ".ds.packft.lock"]
     )
 
 
@@ -225,6 +227,21 @@ def test_uint16_input_ids(tmp_path: Path, shards) -> None:
     write_sft_dataset(tmp_path / "u", reader, plan, seq_length=256, pad_id=2, ids_dtype=np.uint16)
     dtype, seqs, _ = read_megatron(f"{tmp_path / 'u'}_packed_input_ids_document")
     assert dtype == np.dtype("<u2") and len(seqs[0]) == 256
+
+
+def test_ids_outside_the_vocabulary_are_refused_while_writing(tmp_path: Path, shards) -> None:
+    from packft.errors import IntegrityError
+
+    reader, samples = shards
+    top = max(max(ids) for ids, _ in samples)  # a vocabulary one id too small: a corrupt shard
+    plan = plan_packing(reader.lengths, 255, "bfd")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(IntegrityError, match=f"token id {top} is outside the vocabulary of {top}"):
+        write_sft_dataset(out / "v", reader, plan, seq_length=256, pad_id=2, vocab_size=top)
+    assert list(out.iterdir()) == []  # nothing written, no temporary left
+    write_sft_dataset(out / "v", reader, plan, seq_length=256, pad_id=2, vocab_size=top + 1)
+    assert json.loads(sidecar_path(out / "v").read_text())["vocab_size"] == top + 1
 
 
 def test_unpacked_one_sample_per_sequence(tmp_path: Path, shards) -> None:
@@ -392,9 +409,15 @@ def test_sigkill_mid_write_leaves_previous_dataset(tmp_path: Path) -> None:
     assert ready.exists(), "the child never reached the middle of the write"
     child.kill()
     child.wait()
-    after = {p.name: p.read_bytes() for p in out.iterdir() if ".tmp" not in p.name}
+
+    def dead_writer(name: str) -> bool:  # a temporary or the writer lock of the killed run
+        return bool(TEMP_RE.match(name) or LOCK_RE.match(name))
+
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not dead_writer(p.name)}
     assert after == before  # the previous complete dataset, sidecar included, is untouched
-    leftovers = [p.name for p in out.iterdir() if ".tmp" in p.name]
+    leftovers = [p.name for p in out.iterdir() if dead_writer(p.name)]
     assert leftovers and all(name.startswith(".") for name in leftovers)  # hidden temporaries
+    assert sorted(p.name for p in sweep(out)) == sorted(leftovers)  # the next run removes them
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(Path(p).name for p in glob.glob(f"{out / 'ds'}_packed_*_document*")) == sorted(
         f"ds_packed_{k}_document.{e}" for k in KEYS for e in ("bin", "idx"))  # fmt: skip

@@ -161,6 +161,29 @@ def test_failed_run_resumes_from_cache(
     assert resumed["mlflow_run_id"] is None  # tracking off: NullTracker all the way
 
 
+def test_corrupt_cached_shard_and_plan_are_rebuilt_not_reused(
+    prefect_api: None, fresh_inputs: list[Path], tmp_path: Path
+) -> None:
+    from flows.pack_dataset import pack_dataset
+    from packft.integrity import check_seal, open_verified
+
+    cfg = pack_config(fresh_inputs[0].parent, tmp_path, seq_length=448)
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": False})})
+    first = pack_dataset(config=cfg)
+    shard = sorted((tmp_path / "work").rglob("*.arrow"))[0]
+    plan = next((tmp_path / "work").rglob("plans/*.npz"))
+    for path in (shard, plan):  # flip one byte in the middle of each cached file
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    second = pack_dataset(config=cfg)
+    assert sorted(second["states"]["tokenize"]) == ["Cached", "Cached", "Completed"]
+    assert second["states"]["pack"] == ["Completed"] and second["states"]["write"] == ["Cached"]
+    assert not second["changed"] and second["version"] == first["version"]
+    assert check_seal(shard) is None and check_seal(plan) is None  # rebuilt, intact again
+    open_verified(second["latest"], full=True)  # the published set was never touched
+
+
 def test_invalid_record_fails_without_retry(
     prefect_api: None, mlflow_uri: str, tmp_path: Path
 ) -> None:
