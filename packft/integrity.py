@@ -221,7 +221,8 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise IntegrityError(
-            f"{path} is not valid JSON ({error}); the sidecar is corrupt"
+            f"{path}: the sidecar is not valid JSON ({error}); the dataset's record is damaged: "
+            "rerun `packft preprocess` to rebuild it"
         ) from None
     if not isinstance(data, dict):
         raise IntegrityError(f"{path} is not a packft sidecar (a JSON object was expected)")
