@@ -428,12 +428,12 @@ def test_oversized_and_deep_records_are_counted_and_kept_as_previews(tmp_path: P
     summary = validate_file(path, "alpaca", rejects_path=rejects,
                             limits=RecordLimits(max_bytes=10_000))  # fmt: skip
     assert summary.to_dict() == {"total": 3, "valid": 1,
-                                 "rejected": {"too_deep": 1, "too_large": 1}}  # fmt: skip
+                                 "rejected": {"too_deep": 1, "too_large": 1}, "repaired": {}}  # fmt: skip
     kept = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert [(r["row"], r["reason"]) for r in kept] == [(1, "too_large"), (2, "too_deep")]
     assert all(len(r["record"]) <= 200 for r in kept)  # a preview, not the 50 kB record
     assert "over --max-record-bytes 10,000" in kept[0]["message"]
-    with pytest.raises(InvalidRecordError, match=r"h\.jsonl:1: too_large"):
+    with pytest.raises(InvalidRecordError, match=r"h\.jsonl:2: too_large"):
         validate_file(path, "alpaca", on_invalid="fail", limits=RecordLimits(max_bytes=10_000))
 
 

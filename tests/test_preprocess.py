@@ -274,9 +274,12 @@ def test_quality_gate_fails_before_writing_and_keeps_the_previous_dataset(
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o")}
     bad = {"instruction": "Q", "input": "", "output": " "}
     data.write_text("".join(json.dumps(r) + "\n" for r in [good[0], bad, bad, bad]))
-    with pytest.raises(QualityGateError, match=r"only 1 of 4 records are valid \(25\.0% < "
-                       r"--min-valid-fraction 0\.5\); rejected: empty_answer 3; e\.g\. "
-                       r".*d\.jsonl:1: empty_answer"):  # fmt: skip
+    with pytest.raises(
+        QualityGateError,
+        match=r"only 1 of 4 records are valid \(25\.0% < "
+        r"--min-valid-fraction 0\.5\); rejected: empty_answer 3; e\.g\. "
+        r".*d\.jsonl:2: empty_answer",
+    ):  # fmt: skip  (record 2: the 1-based number of the first bad line)
         preprocess(cfg)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("o")}
     assert after == before  # nothing written: the previous dataset, sidecar and rejects stay
