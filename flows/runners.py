@@ -6,8 +6,9 @@ itself use ``workers`` processes, so ``parallel x workers`` should not exceed th
 this is how the pack flow scales past one machine (the workers need packft installed, read the
 same input/work paths, i.e. a shared filesystem, and write shards there). Without an address a
 ``LocalCluster`` of ``parallel`` single-threaded worker processes is started for the run.
-``ray`` with ``cluster_address`` (``ray://head:10001``, Ray Client) does the same through
-``prefect-ray``; without one a local Ray instance with ``parallel`` CPUs is started for the run.
+``ray`` with ``cluster_address`` does the same through ``prefect-ray``: the cluster's GCS address
+(``head:6379``) from a cluster node, or Ray Client's ``ray://head:10001`` (see the README for
+what was verified); without one a local Ray instance with ``parallel`` CPUs is started for the run.
 
 Local clusters are private to the run and leave this process as they found it:
 - **Environment.** Dask's nanny writes ``OMP_NUM_THREADS=1`` (and MKL/OpenBLAS threads,
@@ -22,8 +23,9 @@ Local clusters are private to the run and leave this process as they found it:
 - **Prefect API.** Worker processes get this process's ``PREFECT_API_URL``: without it each
   would start its own temporary Prefect server and report task runs there.
 
-Measured on 2 shared cores: a LocalCluster adds ~5-10 s of start-up to a flow run and a local
-Ray instance ~20-25 s (under load), so they only pay off on many cores or a real cluster.
+Measured on 2 shared cores: a LocalCluster adds ~5-10 s of start-up to a flow run, a local Ray
+instance 5 s (idle) to 26 s (load ~8), and each worker's first task imports Prefect and the
+tokenizer; so they only pay off on many cores or a real cluster.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def dask_task_runner(parallel: int, address: str | None) -> Any:
 
 
 def ray_task_runner(parallel: int, address: str | None) -> Any:
-    """A RayTaskRunner on ``address`` (Ray Client), else on a private local Ray instance."""
+    """A RayTaskRunner on ``address`` (GCS ``host:port`` or ``ray://``), else a private local one."""
     _import_prefect_ray()
     if address:
         from prefect_ray import RayTaskRunner
