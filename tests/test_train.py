@@ -158,7 +158,14 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(setup):
            "--model", str(root / "model"), "--tokenizer-name-or-path", str(setup["tok"]),
            "--save", str(root / "k-run"), "--global-batch-size", "1", "--train-iters", str(iters),
            "--save-interval", "2", "--lr-warmup-iters", "2", "--lr", "1e-3", "--no-tracking"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The killed run must use this process's intra-op thread count: float reductions split by
+    # thread, so 1 vs 2 threads differ in the last bits from step ~3 on (measured). Pinned here,
+    # not inherited, so the test holds whatever OMP_NUM_THREADS/MKL_NUM_THREADS the caller set.
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     log, deadline = root / "k-run" / "train_log.jsonl", time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and len(log.read_text().splitlines()) >= 4:
