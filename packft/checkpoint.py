@@ -126,7 +126,8 @@ def save_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts, step: int) -> Path
     barrier()
     if env.main:
         trainer = {"step": step, "scheduler": p.scheduler.state_dict(), "world": env.world,
-                   "sampler": p.sampler.state_dict(), "config": cfg.model_dump()}  # fmt: skip
+                   "sampler": p.sampler.state_dict(), "config": cfg.model_dump(),
+                   "torch_threads": torch.get_num_threads()}  # fmt: skip
         torch.save(trainer, tmp / "trainer_state.pt")
         for path in tmp.iterdir():
             with path.open("rb") as fh:
@@ -167,6 +168,15 @@ def load_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts) -> None:
     p.scheduler.load_state_dict(trainer["scheduler"])
     p.sampler.load_state_dict(trainer["sampler"])
     p.step = int(trainer["step"])
+    threads = trainer.get("torch_threads")
+    if threads is not None and threads != torch.get_num_threads():
+        # CPU kernels sum in a thread-count-dependent order: the run continues exactly, but not
+        # bit-identically to an uninterrupted one (set OMP_NUM_THREADS to match for that).
+        log.warning(
+            "resuming with %d torch threads; the checkpoint was written with %d, so the weights "
+            "will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS=%d for that)",
+            torch.get_num_threads(), threads, threads,
+        )  # fmt: skip
     rng = ckpt / f"rng_rank{env.rank:05d}.pt"
     if rng.exists():  # a different world size keeps the fresh RNG (data order is unaffected)
         set_rng_state(load_weights_only(rng, extra_globals=_legacy_numpy_globals()))

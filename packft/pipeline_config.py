@@ -63,7 +63,9 @@ class RunOptions(BaseModel):
         "threads", description="where tokenize tasks run: threads | dask | ray"
     )
     cluster_address: str | None = Field(
-        None, description="existing Dask scheduler (tcp://host:8786) or Ray head (ray://host:10001)"
+        None,
+        description="existing Dask scheduler (tcp://host:8786) or Ray cluster: its GCS address "
+        "(host:6379, from a cluster node; tested) or Ray Client's ray://host:10001 (see README)",
     )
     tracking: bool = Field(True, description="record the run in MLflow")
     tracking_uri: str | None = Field(

@@ -148,6 +148,20 @@ def test_resume_after_kill_gives_identical_weights(setup):
     assert losses(setup["root"] / "full") == losses(setup["root"] / "resumed")
 
 
+def test_resume_with_another_thread_count_says_it_is_not_bit_identical(setup, caplog):
+    kw = dict(global_batch_size=1, train_iters=3, save_interval=2, lr_warmup_iters=1)
+    train(cfg_for(setup, "packed", "threads", exit_interval=2, **kw))
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)
+    try:
+        with caplog.at_level("WARNING", logger="packft"):
+            assert train(cfg_for(setup, "packed", "threads", resume=True, **kw))["steps"] == 3
+    finally:
+        torch.set_num_threads(before)
+    assert f"the checkpoint was written with {before}" in caplog.text
+    assert "will not be bit-identical" in caplog.text
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_identical_weights(setup):
     """A real SIGKILL at an arbitrary point (possibly mid-checkpoint), then --resume."""

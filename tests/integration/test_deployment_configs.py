@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -73,12 +74,13 @@ def test_bad_overrides_list_every_problem(tmp_path: Path) -> None:
     assert "nope" in text and "parallel" in text and "task_runner" in text
 
 
-def test_serve_entry_point_matches_prefect_yaml() -> None:
-    sys.path.insert(0, str(REPO / "deployments"))
-    try:
-        import serve
-    finally:
-        sys.path.remove(str(REPO / "deployments"))
+def test_serve_entry_point_matches_prefect_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prefect's flow loader adds <repo>/flows to sys.path and installs its own root log
+    # handlers: both are put back so no later test runs in a changed process.
+    monkeypatch.setattr(sys, "path", [str(REPO / "deployments"), *sys.path])
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    import serve
+
     built = serve.build_deployments(serve.read_deployments())
     assert [(d.flow_name, d.name) for d in built] == [
         (FLOW_OF_ENTRYPOINT[e["entrypoint"]], e["name"]) for e in deployments()
