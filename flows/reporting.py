@@ -263,7 +263,7 @@ def finish_pack_run(
               "tasks_cached": n_cached, "tasks_total": len(cached), **diff,
               **gate_metrics(gate)}  # fmt: skip
     log_stage(tracker, "publish", change, details=published).close()
-    tracker.log(metric_names.named(change, {**metric_names.DATA, **metric_names.PUBLISH}), step=0)
+    tracker.log(metric_names.named(diff, metric_names.DATA), step=0)  # gate figures: stage run
     tracker.log_config(metric_names.stats_params(diff, prefix="diff"))
     tracker.set_tags({"packft.dataset_version": Path(dataset["version"]).name,
                       "packft.changed": str(bool(published["changed"])).lower(),
@@ -341,7 +341,7 @@ def report_refused_publish(tracker: Tracker, refused: Any, dataset: Mapping[str,
     diff, verdict = refused.diff, refused.verdict.to_dict()
     metrics = {"changed": 0, "published": 0, **diff, **gate_metrics(verdict)}
     log_stage(tracker, "publish", metrics, details=refused.to_dict()).close()
-    tracker.log(metric_names.named(metrics, {**metric_names.DATA, **metric_names.PUBLISH}), 0)
+    tracker.log(metric_names.named(diff, metric_names.DATA), 0)  # gate figures: stage run
     tracker.log_config(metric_names.stats_params(diff, prefix="diff"))
     tracker.set_tags({"packft.publish": "refused", "packft.changed": "false",
                       "packft.unpublished_version": Path(refused.version).name})  # fmt: skip
