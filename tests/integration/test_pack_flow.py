@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orchestration_helpers import pack_config
+
+from tests.helpers.orchestration import pack_config
 
 pytestmark = pytest.mark.slow
 
@@ -127,16 +128,16 @@ def test_dead_tracking_server_does_not_fail_the_flow(
     prefect_api: None, fresh_inputs: list[Path], tmp_path: Path, caplog
 ) -> None:
     from flows.pack_dataset import pack_dataset
-    from packft.tracking import TrackingUnavailable
+    from packft.track.tracking_link import TrackingUnavailable
 
     cfg = pack_config(fresh_inputs[0], tmp_path)
     dead = cfg.run.model_copy(update={"tracking_uri": "http://127.0.0.1:1/flow"})
-    with caplog.at_level("WARNING", logger="packft.tracking"):
+    with caplog.at_level("WARNING", logger="packft.track.tracking"):
         summary = pack_dataset(config=cfg.model_copy(update={"run": dead}))
     assert (
         summary["changed"] and summary["stats"]["valid"] == 60 and summary["mlflow_run_id"] is None
     )
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "packft.tracking"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "packft.track.tracking"]
     assert "unreachable" in warning and "Prefect artifact" in warning
     required = dead.model_copy(update={"tracking_required": True})
     with pytest.raises(TrackingUnavailable, match="tracking is required"):
@@ -167,7 +168,7 @@ def test_corrupt_cached_shard_and_plan_are_rebuilt_not_reused(
     prefect_api: None, fresh_inputs: list[Path], tmp_path: Path
 ) -> None:
     from flows.pack_dataset import pack_dataset
-    from packft.integrity import check_seal, open_verified
+    from packft.dataset.integrity import check_seal, open_verified
 
     cfg = pack_config(fresh_inputs[0].parent, tmp_path, seq_length=448)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": False})})
@@ -257,11 +258,11 @@ def test_download_retries_then_refetches(
 
 
 def test_retry_policy_classifies_errors() -> None:
-    from packft.download import ChecksumMismatchError, DownloadError, HubUnavailableError
-    from packft.rejects import InvalidRecordError
+    from packft.ingest.download import ChecksumMismatchError, DownloadError, HubUnavailableError
+    from packft.ingest.rejects import InvalidRecordError
     from tasks.ingest import is_transient
 
-    # what packft.download raises after its in-call retries ran out on 5xx/timeouts/resets
+    # what packft.ingest.download raises after its in-call retries ran out on 5xx/timeouts/resets
     assert is_transient(DownloadError("giving up after 6 failed attempts", transient=True))
     assert is_transient(ConnectionResetError())
     assert is_transient(TimeoutError())
@@ -342,8 +343,8 @@ def test_download_does_not_retry_client_errors(
 def test_download_task_level_retry_on_server_errors(
     prefect_api: None, small_inputs: list[Path], tmp_path: Path, monkeypatch
 ) -> None:
-    """503s that outlast packft.download's own retries fail the attempt; the task retries."""
-    from packft.download import fetch_url
+    """503s that outlast packft.ingest.download's own retries fail the attempt; the task retries."""
+    from packft.ingest.download import fetch_url
 
     # one in-call retry without backoff, so the first task attempt gives up after 2 GETs
     monkeypatch.setitem(fetch_url.__kwdefaults__, "retries", 1)
@@ -363,7 +364,7 @@ def test_quality_gate_fails_the_run_before_anything_is_written(
     prefect_api: None, mlflow_uri: str, fresh_inputs: list[Path], tmp_path: Path
 ) -> None:
     from flows.pack_dataset import pack_dataset
-    from packft.quality import QualityGateError
+    from packft.ingest.quality import QualityGateError
 
     cfg = pack_config(fresh_inputs[0].parent, tmp_path)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": False})})
