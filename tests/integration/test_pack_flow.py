@@ -379,10 +379,12 @@ def test_quality_gate_fails_the_run_before_anything_is_written(
     with pytest.raises(QualityGateError, match=r"only 60 of 180 records are valid .* "
                        r"rejected: empty_answer 120"):  # fmt: skip
         state.result()
-    deadline = time.monotonic() + 60  # the API records task states from events, a bit later
+    # the API records task states from events, a bit later and in no fixed order: wait for all
+    deadline = time.monotonic() + 60
     while True:
         recorded = recorded_states(str(state.state_details.flow_run_id))
-        if recorded["quality-gate:Failed"] == 1 or time.monotonic() > deadline:
+        done = recorded["quality-gate:Failed"] == 1 and recorded["validate:Completed"] == 2
+        if done or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert recorded["quality-gate:Failed"] == 1 and recorded["validate:Completed"] == 2
