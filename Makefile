@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	# megatron-core is a test-only reference (it reads our datasets and loads our checkpoints in
-	# tests/test_megatron_interop.py); --no-deps, because its declared extras are unrelated and huge.
+	# tests/ckpt/test_megatron_interop.py); --no-deps: its declared extras are unrelated and huge.
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps megatron-core==0.12.2 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import packft, torch, prefect, mlflow, megatron.core"
 	touch $(STAMP)

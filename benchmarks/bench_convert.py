@@ -3,7 +3,7 @@
 Writes a random GQA Llama (sharded safetensors + index, like ``save_pretrained``) into a temporary
 directory, converts it HF -> mcore (TP x PP) and back, each direction in a fresh subprocess so its
 peak RSS (``VmHWM``) is its own, and prints one JSON object. ``import_rss_mb`` is the RSS of a
-process that only imported packft.convert (torch + safetensors), to subtract.
+process that only imported packft.ckpt.convert (torch + safetensors), to subtract.
 
     .venv/bin/python benchmarks/bench_convert.py --size-gb 1.0 --tp 2 --pp 2
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from packft.convert import mcore_to_hf, save_hf_as_mcore
+from packft.ckpt.convert import mcore_to_hf, save_hf_as_mcore
 kind, src, dst, tp, pp, cfg = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:]
 t0 = time.perf_counter()
 if kind == "hf2mg":
@@ -113,7 +113,7 @@ def identical(a: Path, b: Path) -> bool:
     """Every tensor of two HF directories equal, compared one tensor at a time."""
     import torch
 
-    from packft.convert_io import HFReader
+    from packft.ckpt.io import HFReader
 
     ra, rb = HFReader(a), HFReader(b)
     return sorted(ra.keys()) == sorted(rb.keys()) and all(

@@ -3,8 +3,8 @@
 Input: N Alpaca records made distinct as in bench_preprocess.py, tokenized and planned once (seed
 command: llama2, ``--pack --append-eod --seq-length 4096``). Then, interleaved ``--repeats`` times:
 
-* ``write``: :func:`packft.preprocess.write` as shipped (sha256 streamed over every byte written,
-  fingerprints, fsyncs, journal);
+* ``write``: :func:`packft.preprocess.steps.write` as shipped (sha256 streamed over every byte
+  written, fingerprints, fsyncs, journal);
 * ``write_no_hash``: the same with the streaming sha256 replaced by a no-op (the checksum's share);
 * ``write_landed`` (with ``--baseline DIR``, an export of an older commit, e.g.
   ``git archive f396660 | tar -x -C DIR``): that commit's write step, in a child process;
@@ -69,10 +69,11 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None, help="source tree of an old commit")
     args = parser.parse_args()
 
-    import packft.digest
-    from packft.digest import file_sha256
-    from packft.integrity import check_seal, open_verified
-    from packft.preprocess import PreprocessConfig, plan, tokenize_input, write
+    from packft.core import digest
+    from packft.core.digest import file_sha256
+    from packft.dataset.integrity import check_seal, open_verified
+    from packft.preprocess.config import PreprocessConfig
+    from packft.preprocess.steps import plan, tokenize_input, write
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -85,7 +86,7 @@ def main() -> None:
         shard = tokenize_input(data, cfg)
         plan_file = plan(cfg, [shard])
         times: dict[str, list[float]] = {"write": [], "write_no_hash": [], "write_landed": []}
-        hashing_init = packft.digest.HashingWriter.__init__
+        hashing_init = digest.HashingWriter.__init__
 
         def no_hash_init(self, *a, **k) -> None:
             hashing_init(self, *a, **k)
@@ -93,11 +94,11 @@ def main() -> None:
 
         for _ in range(args.repeats):
             times["write"].append(timed(lambda: write(cfg, [shard], plan_file)))
-            packft.digest.HashingWriter.__init__ = no_hash_init
+            digest.HashingWriter.__init__ = no_hash_init
             try:
                 times["write_no_hash"].append(timed(lambda: write(cfg, [shard], plan_file)))
             finally:
-                packft.digest.HashingWriter.__init__ = hashing_init
+                digest.HashingWriter.__init__ = hashing_init
             if args.baseline is not None:
                 landed = cfg.model_copy(update={"output_prefix": str(root / "out" / "landed")})
                 out = subprocess.run(

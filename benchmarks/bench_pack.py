@@ -96,7 +96,7 @@ def main() -> None:
         cold_empty = cold_plan_seconds(lengths_file, str(Path(tmp) / "numba-cache"))
         cold_cached = cold_plan_seconds(lengths_file, None)
 
-    from packft.pack import lower_bound_rows, plan_packing, warmup
+    from packft.pack.plan import lower_bound_rows, plan_packing, warmup
 
     warmup()
     result: dict = {

@@ -11,7 +11,7 @@ otherwise flatter it). For each it runs, every measurement in a fresh subprocess
   output for 200k samples is several GiB of Python lists, so ``chunked_seconds`` also reports
   the bounded-memory equivalent: the Rust backend's ``encode_batch_fast`` + ``.ids`` per 2048
   texts (what packft itself calls).
-* ``workers_1``, ``workers_2``: :func:`packft.tokenize.tokenize_file` with the ``llama2``
+* ``workers_1``, ``workers_2``: :func:`packft.tokenize.encode.tokenize_file` with the ``llama2``
   template, ``--append-eod``, ``--seq-length 4096`` (read, validate, render, encode, assemble,
   write the shard), start to end, including process start-up of the workers.
 
@@ -129,8 +129,8 @@ def child_floor(path: Path) -> dict:
 
 
 def child_tokenize(path: Path, fmt: str, workers: int, out_dir: Path) -> dict:
-    from packft.templates import load_tokenizer
-    from packft.tokenize import TokenizeOptions, tokenize_file
+    from packft.tokenize.encode import TokenizeOptions, tokenize_file
+    from packft.tokenize.templates import load_tokenizer
 
     load_tokenizer(TOKENIZER, "llama2")  # import transformers untimed, as the floor does
     opts = TokenizeOptions(seq_length=4096, append_eod=True, workers=workers)

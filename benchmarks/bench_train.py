@@ -32,9 +32,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from packft import device as devices  # noqa: E402
-from packft.attention import ATTN_IMPLEMENTATION, packed_model_kwargs  # noqa: E402
-from packft.data import IGNORE_INDEX, collate, loss_sum  # noqa: E402
+from packft.core.constants import IGNORE_INDEX  # noqa: E402
+from packft.train import device as devices  # noqa: E402
+from packft.train.attention import ATTN_IMPLEMENTATION, packed_model_kwargs  # noqa: E402
+from packft.train.data import collate, loss_sum
 
 ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"  # see its MANIFEST.md
 SIZES = {

@@ -6,7 +6,7 @@ exactly the flags of ``packft preprocess`` (generated from the same PreprocessCo
 so the flow and the CLI share one typed config. Every flow also takes ``--set a.b=VALUE``
 (VALUE parsed as JSON when it can be, else kept as text) for any nested field.
 
-Errors follow ``packft``'s rule (:mod:`packft.errors`): :func:`run_flow_main` prints one line
+Errors follow ``packft``'s rule (:mod:`packft.core.errors`): :func:`run_flow_main` prints one line
 ``python -m flows.X: error: ...`` and exits 2 for a usage or config problem, 1 for a data or run
 failure; Prefect's console log keeps its one-line state messages but drops tracebacks.
 ``PACKFT_DEBUG=1`` re-raises and keeps every traceback.
@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from packft.cli import OneLineParser, report_error
-from packft.config import add_model_arguments
+from packft.core import add_model_arguments
 from packft.pipeline_config import deep_merge
 
 

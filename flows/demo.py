@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from packft.tracking import data_dir
+from packft.track import data_dir
 
 
 def make_tiny_llama(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.pipeline import pipeline
     from flows.reporting import prefect_ui_command
-    from packft.tracking import resolve_tracking_uri, ui_command
+    from packft.track import resolve_tracking_uri, ui_command
 
     overrides = demo_config(out, paths, args.train_iters)
     overrides["run"]["tracking_uri"] = resolve_tracking_uri(args.tracking_uri)

@@ -14,8 +14,8 @@ from typing import Any
 from prefect import flow
 
 from flows import reporting
-from packft import metric_names
 from packft.pipeline_config import FinetuneConfig, load_flow_config
+from packft.track import metric_names
 from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, finetune
 
 

@@ -34,8 +34,8 @@ from prefect import flow
 
 from flows import reporting
 from flows.runners import make_task_runner
+from packft.dataset import PublishRefused
 from packft.pipeline_config import PackDatasetConfig, load_flow_config
-from packft.publish_gate import PublishRefused
 from tasks.caching import FileRef
 from tasks.ingest import download, quality_gate, validate, validate_settings
 from tasks.pack import (

@@ -18,7 +18,7 @@ from flows import reporting
 from flows.finetune import finetune_flow
 from flows.pack_dataset import pack_dataset
 from packft.pipeline_config import PipelineConfig, load_flow_config
-from packft.tracking import ui_command
+from packft.track import ui_command
 
 
 def log_headline(
@@ -26,8 +26,8 @@ def log_headline(
 ) -> None:
     """The figures people look at first, on the top-level run: utilization, samples in/valid/
     rejected, final loss, tokens/s, wall time, the ``train/loss`` curve and the loss/lr plot."""
-    from packft import metric_names as names
-    from packft.train_tracking import curves_figure, log_steps, read_steps
+    from packft.track import metric_names as names
+    from packft.train.history import curves_figure, log_steps, read_steps
 
     figures = names.named(stats, names.DATA) | names.named(summary, names.SUMMARY)
     figures |= names.named({"seconds": seconds}, names.RUN)

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from packft import metric_names
-from packft.stats import detail_rows
-from packft.tracking import (
+from packft.dataset.stats import detail_rows
+from packft.track import metric_names
+from packft.track.tracking import (
     NullTracker,
     Tracker,
     make_tracker,
@@ -82,7 +82,7 @@ def flow_tracker(
 def log_stage(
     parent: Tracker, stage: str, metrics: Mapping[str, Any], *, details: Any = None
 ) -> Tracker:
-    """A nested run ``stage``: headline figures as metrics (:mod:`packft.metric_names`), the
+    """A nested run ``stage``: headline figures as metrics (:mod:`packft.track.metric_names`), the
     other numbers as ``stats.*`` params, everything in ``{stage}.json``."""
     child = parent.child(stage, tags={"packft.stage": stage})
     table = {**metric_names.DATA, **metric_names.PUBLISH}
@@ -198,8 +198,8 @@ def dataset_figures(
     import numpy as np
 
     from packft.pack import PackPlan
-    from packft.plots import length_histogram, row_fill_histogram
     from packft.tokenize import read_lengths, read_stats
+    from packft.track.plots import length_histogram, row_fill_histogram
 
     counts: dict[int, int] = {}
     exact = True
@@ -335,7 +335,7 @@ def publish_outcome(published: Mapping[str, Any]) -> str:
 
 
 def report_refused_publish(tracker: Tracker, refused: Any, dataset: Mapping[str, Any]) -> str:
-    """A refused publish (:class:`packft.publish_gate.PublishRefused`): the diff and verdict to
+    """A refused publish (:class:`packft.dataset.PublishRefused`): the diff and verdict to
     MLflow (``publish`` stage, ``diff.*`` metrics, tags, ``publish_refused.json``) and to the
     ``pack-dataset-publish-refused`` Prefect artifact. Returns the artifact's markdown."""
     diff, verdict = refused.diff, refused.verdict.to_dict()

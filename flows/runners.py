@@ -35,7 +35,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from packft.config import ConfigError
+from packft.core import ConfigError
 
 
 def current_api_url() -> str | None:

@@ -1,7 +1,9 @@
 """``packft <command>``: one entry point; each command lives in its own module.
 
-A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
-only when their command runs, so ``packft preprocess`` never pays for importing torch.
+A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. :data:`COMMANDS`
+names them by string and they are imported only when their command runs, so ``packft
+preprocess`` never pays for importing torch and this dispatcher depends on no stage of the
+pipeline (tests/test_architecture.py checks both).
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ import sys
 import typing
 
 from packft import __version__
-from packft.config import ConfigError
-from packft.errors import PackftError
+from packft.core.errors import ConfigError, PackftError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preprocess": ("packft.preprocess", "tokenize, pack and write MindSpeed/Megatron SFT datasets"),
-    "inspect": ("packft.inspect", "print a packed dataset's stats and decode rows"),
+    "preprocess": (
+        "packft.preprocess.cli",
+        "tokenize, pack and write MindSpeed/Megatron SFT datasets",
+    ),
+    "inspect": ("packft.dataset.inspect", "print a packed dataset's stats and decode rows"),
     "convert-ckpt": (
-        "packft.convert",
+        "packft.ckpt.convert",
         "convert checkpoints between Hugging Face and Megatron-mcore",
     ),
-    "train": ("packft.train", "fine-tune a causal LM on a packed dataset"),
+    "train": ("packft.train.cli", "fine-tune a causal LM on a packed dataset"),
     "track-import": (
-        "packft.train_tracking",
+        "packft.train.history",
         "replay a train --save directory (train_log.jsonl ...) into a new MLflow run",
     ),
 }
@@ -51,8 +55,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # torch_npu hooks into `import torch` and raises on hosts without CANN; packft.device imports
-    # it explicitly and treats failure as "no NPU" (see README, "Devices").
+    # torch_npu hooks into `import torch` and raises on hosts without CANN; packft.train.device
+    # imports it explicitly and treats failure as "no NPU" (see README, "Devices").
     os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 def report_error(command: str, error: Exception, prog: str = "packft") -> int:
     """Print ``packft COMMAND: error: ...`` (one line; a config's problems joined by ``;``)
     and return the exit code (2 for usage and config errors, 1 for the rest)."""
-    from packft.errors import exit_code, one_line
+    from packft.core.errors import exit_code, one_line
 
     known = isinstance(error, PackftError | ConfigError | ValueError | OSError | LookupError)
     text = one_line(error)

@@ -1,10 +1,10 @@
 """One typed config per flow, composed from the step configs the CLI already uses.
 
 * ``pack-dataset`` = :class:`PackDatasetConfig`: ``preprocess`` is exactly ``packft preprocess``'s
-  :class:`~packft.preprocess.PreprocessConfig` (same field names as the flags), plus optional
+  :class:`~packft.preprocess.config.PreprocessConfig` (same field names as the flags), plus optional
   ``more_inputs`` (further sources, each with its own format) and ``run`` (orchestration only).
 * ``finetune`` = :class:`FinetuneConfig`: ``convert`` (``packft convert-ckpt``'s flags),
-  ``train`` (``packft train``'s :class:`~packft.train.TrainConfig`), ``export``, ``run``.
+  ``train`` (``packft train``'s :class:`~packft.train.config.TrainConfig`), ``export``, ``run``.
 * ``pipeline`` = :class:`PipelineConfig`: both; ``train.data_path``, ``tokenizer_name_or_path``
   and ``seq_length`` default to the pack section's output, tokenizer and row length.
 
@@ -15,8 +15,8 @@ at once. Relative paths are relative to the working directory (the checkout, for
 Dataset layout under ``root = dirname(preprocess.output_prefix)`` with ``name =
 basename(output_prefix)``: ``root/versions/<stamp>-<fingerprint>/name_packed_*`` and
 ``root/latest -> versions/...``; train on ``root/latest/name``. ``run.max_removed_fraction`` and
-``run.max_efficiency_drop`` are the publish gate (:mod:`packft.publish_gate`); ``run.force_publish``
-overrides it for one run.
+``run.max_efficiency_drop`` are the publish gate (:mod:`packft.dataset.publish_gate`);
+``run.force_publish`` overrides it for one run.
 """
 
 from __future__ import annotations
@@ -26,15 +26,16 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from packft.config import ConfigError, read_yaml, validate
-from packft.preprocess import PreprocessConfig
-from packft.publish_gate import (
+from packft.core.config import read_yaml, validate
+from packft.core.errors import ConfigError
+from packft.dataset.publish_gate import (
     DEFAULT_MAX_EFFICIENCY_DROP,
     DEFAULT_MAX_REMOVED_FRACTION,
     PublishGate,
 )
-from packft.tracking import data_dir
-from packft.train import TrainConfig
+from packft.preprocess.config import PreprocessConfig
+from packft.track.tracking import data_dir
+from packft.train.config import TrainConfig
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from packft.atomic import atomic_write_bytes
+from packft.core.atomic import atomic_write_bytes
 
 _WORD_TEXT = (
     "the a an of to and in on for with as by at from about into over after before under between "
@@ -291,7 +291,7 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def _corpus(paths: Iterable[Path]) -> Iterator[str]:
-    from packft.sources import iter_record_batches
+    from packft.ingest.readers import iter_record_batches
 
     for path in paths:
         for batch in iter_record_batches(Path(path)):

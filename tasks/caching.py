@@ -148,7 +148,7 @@ def content_cache(
             stored result whose paths are gone is not reused.
         view: ``kept params -> what the key sees`` (e.g. drop config fields that do not matter).
         intact: ``params -> bool``, called when the outputs exist: False (a corrupt cache entry,
-            see :func:`packft.integrity.check_seal`) re-runs the task instead of reusing it.
+            see :func:`packft.dataset.check_seal`) re-runs the task instead of reusing it.
     """
 
     def key_fn(context: Any, parameters: dict[str, Any]) -> str:

@@ -1,18 +1,18 @@
 """Ingest tasks: ``download`` (fetch + pin by content) and ``validate`` (count and keep rejects).
 
 ``download`` is the only task that touches the network. It is not cached (re-fetching is its
-job; the content-addressed download cache of :mod:`packft.download` makes an unchanged URL cheap)
-and it retries with exponential backoff, but only on transient errors (connection errors,
+job; the content-addressed download cache of :mod:`packft.ingest.download` makes an unchanged URL
+cheap) and it retries with exponential backoff, but only on transient errors (connection errors,
 timeouts, 5xx: ``DownloadError.transient``): an HTTP 4xx such as 404/403, a checksum mismatch, a
-missing local file, a bad spec or an offline Hub lookup fail at once. ``packft.download`` already
-retries within one attempt (resuming with HTTP Range); the task-level retries cover whole-attempt
-failures such as a server that is down for a minute.
+missing local file, a bad spec or an offline Hub lookup fail at once. ``packft.ingest.download``
+already retries within one attempt (resuming with HTTP Range); the task-level retries cover
+whole-attempt failures such as a server that is down for a minute.
 
 ``validate`` is cached by the input's content digest, format, key map, ``on_invalid`` and
 ``repair`` (which decides what is rejected) and ``max_record_bytes``; an ``InvalidRecordError``
 (``on_invalid: fail``) fails the run without retries, since re-reading the same bytes cannot help.
 
-``quality_gate`` (never cached, no retries) runs :func:`packft.quality.check_quality` over every
+``quality_gate`` (never cached, no retries) runs :func:`packft.ingest.check_quality` over every
 file's ``validate`` counts: too few valid records fail the flow run before anything is tokenized,
 written or published.
 """
@@ -33,7 +33,7 @@ NOT_TRANSIENT = ("ChecksumMismatchError", "HubUnavailableError")
 def is_transient(exc: BaseException | None) -> bool:
     """Network-ish failures worth another attempt (not 4xx, checksum, spec or offline errors).
 
-    A :class:`packft.download.DownloadError` says itself (``transient``: the server or network
+    A :class:`packft.ingest.DownloadError` says itself (``transient``: the server or network
     kept failing, versus a 404/403, a checksum mismatch or a bad URL); other errors count as
     transient only when they are connection errors or timeouts (or other ``OSError``s).
     """
@@ -70,7 +70,8 @@ def download(
     spec: str, cache_dir: Path, refresh: bool = False, sha256: str | None = None
 ) -> list[FileRef]:
     """Resolve one ``--input`` spec to local files, each pinned by its SHA-256."""
-    from packft.sources import file_sha256, resolve_input
+    from packft.core import file_sha256
+    from packft.ingest import resolve_input
 
     paths = resolve_input(spec, Path(cache_dir), sha256=sha256, refresh=refresh)
     remote = str(spec).startswith(("http://", "https://", "hf://"))
@@ -127,8 +128,8 @@ def validate(source: FileRef, settings: dict[str, Any], cfg: Any, work_dir: Path
 
 @task(name="quality-gate", persist_result=False)
 def quality_gate(checks: list[dict[str, Any]], min_valid_fraction: float) -> dict[str, Any]:
-    """Fail the run when too few records are valid (``packft.quality.check_quality``)."""
-    from packft.quality import check_quality
+    """Fail the run when too few records are valid (``packft.ingest.check_quality``)."""
+    from packft.ingest import check_quality
 
     result = check_quality(checks, min_valid_fraction)
     return {"total": result.total, "valid": result.valid, "valid_fraction": result.valid_fraction}

@@ -5,7 +5,7 @@ dataset's sidecar digest (it records inputs, tokenizer, options and stats of tha
 and the options, so re-running a pipeline whose data did not change does not retrain. A stored
 result whose output directory is gone is not reused (``tasks.caching.content_cache``).
 ``finetune`` nests the trainer's own MLflow run (per-step loss, lr, grad norm, tokens/s) under the
-flow's ``train`` stage run via :func:`packft.tracking.nest_runs_under`.
+flow's ``train`` stage run via :func:`packft.track.nest_runs_under`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def dataset_digest(prefix: str | Path) -> str:
 )
 def convert_checkpoint(config: Any, source_digest: str) -> str:
     """Run ``packft convert-ckpt`` (``config`` = its flags); returns the output directory."""
-    from packft.convert import mcore_to_hf, save_hf_as_mcore
+    from packft.ckpt import mcore_to_hf, save_hf_as_mcore
 
     c = config
     if c.load_model_type == "hf" and c.save_model_type == "mg":
@@ -81,7 +81,7 @@ def finetune(
     config: Any, data_digest: str, model_digest: str, mlflow_parent: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Train with ``packft.train.train``; returns its summary (steps, losses, tokens/s, paths)."""
-    from packft.tracking import nest_runs_under
+    from packft.track import nest_runs_under
     from packft.train import train
 
     parent = SimpleNamespace(**mlflow_parent) if mlflow_parent else None
@@ -100,7 +100,7 @@ def finetune(
 )
 def export(hf_dir: str, hf_digest: str, config: Any) -> dict[str, Any]:
     """Final weights for users: the HF dir as trained, plus an mcore copy for MindSpeed if asked."""
-    from packft.convert import save_hf_as_mcore
+    from packft.ckpt import save_hf_as_mcore
 
     out = {"hf": hf_dir}
     if config.mcore_dir:

@@ -2,12 +2,13 @@
 
 ``pack`` wraps :func:`packft.preprocess.plan` (lengths of all shards -> one global plan) and keeps
 the plan at ``work_dir/plans/<digest>.npz``. ``write`` wraps :func:`packft.preprocess.write`
-into a fresh version directory (see :mod:`packft.store`), then adds the per-sample digests used for
-nightly diffs (``preprocess.write`` itself gathers every shard's rejects into
+into a fresh version directory (see :mod:`packft.dataset.store`), then adds the per-sample digests
+used for nightly diffs (``preprocess.write`` itself gathers every shard's rejects into
 ``{name}.rejects.jsonl``). Both are cached on content: shards are named by the
 digest of what produced them, so "same shard names + same options" means "same bytes".
-``publish`` is never cached: behind the publish gate (:mod:`packft.publish_gate`) it atomically
-moves ``latest`` and prunes old versions, or raises ``PublishRefused`` leaving ``latest`` alone.
+``publish`` is never cached: behind the publish gate (:mod:`packft.dataset.publish_gate`) it
+atomically moves ``latest`` and prunes old versions, or raises ``PublishRefused`` leaving ``latest``
+alone.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from typing import Any
 
 from prefect import task
 
-from packft import __version__, store
-from packft.atomic import atomic_write_bytes, atomic_writer
-from packft.integrity import check_seal, seal, unseal
-from packft.publish_gate import PublishGate
+from packft import __version__
+from packft.core import atomic_write_bytes, atomic_writer
+from packft.dataset import PublishGate, check_seal, seal, store, unseal
 from tasks.caching import FileRef, content_cache, digest_json
 
 PACK_FIELDS = ("pack", "seq_length", "pack_algorithm", "pack_seed", "mix", "overlong", "neat_pack")

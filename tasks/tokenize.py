@@ -77,7 +77,7 @@ def _outputs(p: dict[str, Any]) -> list[Path]:
 
 def _intact(p: dict[str, Any]) -> bool:
     """The shard named by ``DONE`` still matches its checksum record (else re-tokenize)."""
-    from packft.integrity import check_seal
+    from packft.dataset import check_seal
     from packft.preprocess import rejects_path_for
 
     done = _outputs(p)[0]

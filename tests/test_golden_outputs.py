@@ -77,7 +77,7 @@ def conversion_digests(assets: Path, tmp: Path) -> dict[str, str]:
     and the bytes of the final safetensors."""
     import torch
 
-    from packft.safe_pickle import load_restricted
+    from packft.ckpt.safe_pickle import load_restricted
 
     hf = assets / "mindspeed_ckpt" / "tiny_llama2_hf"
     mcore, back = tmp / "mcore", tmp / "back"

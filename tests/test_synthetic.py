@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from packft.formats import iter_conversations, validate_file
-from packft.rejects import RejectLog
-from packft.sources import iter_record_batches
+from packft.ingest.formats import iter_conversations, validate_file
+from packft.ingest.readers import iter_record_batches
+from packft.ingest.rejects import RejectLog
 from packft.synthetic import expected_rejects, make_demo_data, train_demo_tokenizer
 
 

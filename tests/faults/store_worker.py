@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from packft import store
+from packft.dataset import store
 
 PAYLOAD_BYTES = 64 * 1024
 

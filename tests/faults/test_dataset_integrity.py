@@ -1,13 +1,13 @@
 """Kills, full disks, read-only directories and corrupt caches around `packft preprocess`.
 
 Faulty runs are separate processes on 200 Alpaca records with the Llama-2 tokenizer (seq 512,
-neat-pack), driven by `PACKFT_FAULT` (packft.faults): SIGKILL at a named point is a power cut as
-far as the process is concerned. Two tests start `python -m packft preprocess` itself; the others
+neat-pack), driven by `PACKFT_FAULT` (packft.core.faults): SIGKILL at a named point is a power cut
+as far as the process is concerned. Two tests start `python -m packft preprocess` itself; the others
 ask a fork server (:class:`Runner`: one interpreter that imported packft once and warmed the
 packing kernels) to fork a child that runs `packft.cli.main(argv)`, what `python -m packft` runs,
 so each faulty run costs ~0.3 s instead of ~1.5-4 s of interpreter start and imports on this
 2-core machine. Checks run in this process with the library (`open_verified`, `packft inspect`,
-`packft.data.SFTDataset`, `preprocess`).
+`packft.train.data.SFTDataset`, `preprocess`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from packft.atomic import JOURNAL_SUFFIX, LOCK_RE, TEMP_RE
 from packft.cli import main
-from packft.data import SFTDataset
-from packft.errors import IntegrityError
-from packft.integrity import open_verified
-from packft.preprocess import PreprocessConfig, plan, preprocess, tokenize_input, write
+from packft.core.atomic import JOURNAL_SUFFIX, LOCK_RE, TEMP_RE
+from packft.core.errors import IntegrityError
+from packft.dataset.integrity import open_verified
+from packft.preprocess.config import PreprocessConfig
+from packft.preprocess.steps import plan, preprocess, tokenize_input, write
+from packft.train.data import SFTDataset
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA2 = REPO / "tests" / "assets" / "llama2-tokenizer"
@@ -71,7 +72,7 @@ def run_packft(argv: list[str], fault: str | None = None) -> subprocess.Complete
 SERVER = r"""
 import json, os, sys
 import numpy as np
-import packft.cli, packft.inspect, packft.preprocess, packft.tokenize
+import packft.cli, packft.dataset.inspect, packft.preprocess.cli, packft.tokenize
 from transformers import AutoTokenizer  # imported, not used: no tokenizer threads before fork
 from packft.pack import plan_packing
 plan_packing(np.array([3, 4, 5]), 8, "bfd", seed=1)  # load the numba kernels once
@@ -260,7 +261,7 @@ def test_a_decided_commit_that_cannot_be_finished_is_refused(
 DEAD_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from packft.atomic import Stage
+from packft.core.atomic import Stage
 stage = Stage(Path(sys.argv[1]))
 stage.open(Path(sys.argv[1]) / "target.bin").write(b"half written")
 os.kill(os.getpid(), signal.SIGKILL)
@@ -268,7 +269,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_sweep_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
-    from packft.atomic import Stage, sweep
+    from packft.core.atomic import Stage, sweep
 
     subprocess.run([sys.executable, "-c", DEAD_WRITER, str(tmp_path)], env=_env(), check=False)
     dead = sorted(p.name for p in tmp_path.iterdir())

@@ -44,21 +44,35 @@ class Run:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
+# A forked child starts from its parent's RSS high-water mark (Linux keeps the pre-exec peak), so
+# a direct child of a pytest process that ran the model tests would report pytest's RSS. This
+# small launcher forks and execs the module itself and reports that process's own peak.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_module(module: str, *args: str, cwd: Path, debug: bool = False) -> Run:
-    """``python -m module args`` with this worktree first on the path; measures peak RSS."""
+    """``python -m module args`` with this worktree first on the path; measures its peak RSS."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
                os.environ.get("PYTHONPATH")])), HF_HUB_OFFLINE="1")  # fmt: skip
     env.pop("PACKFT_DEBUG", None)
     env.pop("PACKFT_FAULT", None)
     if debug:
         env["PACKFT_DEBUG"] = "1"
-    out, err = cwd / f".{module}.out", cwd / f".{module}.err"
+    out, err, rss = (cwd / f".{module}.{name}" for name in ("out", "err", "rss"))
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                                stdout=stdout, stderr=stderr)  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return Run(proc.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024)
+        proc = subprocess.run([sys.executable, "-c", LAUNCHER, str(rss), module, *args], cwd=cwd,
+                              env=env, stdout=stdout, stderr=stderr, check=False)  # fmt: skip
+    return Run(proc.returncode, out.read_text(), err.read_text(), int(rss.read_text()) * 1024)
 
 
 def preprocess_args(data: Path | str, prefix: Path, *extra: str) -> list[str]:

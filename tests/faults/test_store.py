@@ -1,7 +1,7 @@
 """The versioned store under concurrent writers and SIGKILL (real processes, real flock).
 
 Readers check ``latest`` the way a trainer would use it, while several processes create, publish
-and prune versions in one root; kills are placed with ``packft.faults`` points in store.py.
+and prune versions in one root; kills are placed with ``packft.core.faults`` points in store.py.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from packft import store
+from packft.dataset import store
+from tests.faults.store_worker import PAYLOAD_BYTES, payload
 
 WORKER = Path(__file__).with_name("store_worker.py")
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(WORKER.parent))
-from store_worker import PAYLOAD_BYTES, payload  # noqa: E402
 
 
 def worker_env(fault: str | None = None) -> dict[str, str]:

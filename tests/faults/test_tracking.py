@@ -23,10 +23,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from orchestration_helpers import BIN, REPO, free_port, wait_http  # noqa: E402
-
-from packft.cli import main as cli_main  # noqa: E402
+from packft.cli import main as cli_main
+from tests.helpers.orchestration import BIN, REPO, free_port, wait_http
 
 WARNING = "packft: MLflow tracking at"
 STEPS = 8
@@ -73,7 +71,8 @@ def trainable(tmp_path_factory, alpaca_en_path: Path, llama2_tokenizer_dir: Path
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from packft.preprocess import PreprocessConfig, preprocess
+    from packft.preprocess.config import PreprocessConfig
+    from packft.preprocess.steps import preprocess
 
     root = tmp_path_factory.mktemp("trainable")
     records = json.loads(alpaca_en_path.read_text())
@@ -189,8 +188,8 @@ def test_unreachable_uri_is_detected_fast_and_the_run_completes(
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_unreachable_server_is_known_within_10_s(kind: str, caplog) -> None:
     """In-process: make_tracker returns an untracked tracker within 10 s, with one warning."""
-    from packft import tracking_link
-    from packft.tracking import NullTracker, make_tracker
+    from packft.track import tracking_link
+    from packft.track.tracking import NullTracker, make_tracker
 
     with contextlib.ExitStack() as stack:
         if kind == "refused":
@@ -202,14 +201,14 @@ def test_unreachable_server_is_known_within_10_s(kind: str, caplog) -> None:
             uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
         tracking_link._LOST.pop(uri, None)
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="packft.tracking"):
+        with caplog.at_level(logging.WARNING, logger="packft.track.tracking"):
             tracker = make_tracker(uri, "faults", untracked_hint="; see the log")
             tracker.log({"loss": 1.0}, step=1)  # accepted, dropped, never blocks
             tracker.close()
         took = time.monotonic() - started
     assert isinstance(tracker, NullTracker)
     assert took < 10, took
-    (record,) = [r for r in caplog.records if r.name == "packft.tracking"]
+    (record,) = [r for r in caplog.records if r.name == "packft.track.tracking"]
     assert "unreachable" in record.getMessage() and record.getMessage().endswith("; see the log")
 
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_models import COMMON, QWEN2_UNTIED, build_model, tiny
 
+from packft.ckpt.convert import save_hf_as_mcore
+from packft.ckpt.io import load_mcore_file
 from packft.cli import main as cli_main
-from packft.convert import save_hf_as_mcore
-from packft.convert_io import load_mcore_file
+from tests.helpers.tiny_models import COMMON, QWEN2_UNTIED, build_model, tiny
 
 pytestmark = pytest.mark.filterwarnings(  # the DCP fixtures are written by one process
     "ignore:torch.distributed is disabled:UserWarning"
@@ -121,8 +121,9 @@ def test_controls_convert(models: dict[str, Path], tmp_path: Path, capsys) -> No
 
 
 def test_mcore_rank_file(models: dict[str, Path], tmp_path: Path, capsys) -> None:
-    from packft.safe_pickle import UnsafeCheckpointError
-    from packft.train import TrainConfig, load_model
+    from packft.ckpt.safe_pickle import UnsafeCheckpointError
+    from packft.train.config import TrainConfig
+    from packft.train.loop import load_model
 
     marker, mg = tmp_path / "pwned", tmp_path / "mg"
     shutil.copytree(models["mg"], mg)
@@ -205,8 +206,10 @@ def trained(
     a 1-layer 32-dim Llama with the Llama-2 vocabulary)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from packft.preprocess import PreprocessConfig, preprocess
-    from packft.train import TrainConfig, train
+    from packft.preprocess.config import PreprocessConfig
+    from packft.preprocess.steps import preprocess
+    from packft.train.config import TrainConfig
+    from packft.train.loop import train
 
     root = tmp_path_factory.mktemp("trained")
     records = [r for r in json.loads(alpaca_en_path.read_text()) if len(r["output"]) < 200][:4]
@@ -282,8 +285,8 @@ def test_rng_files_of_older_packft_still_load_and_only_them(tmp_path: Path) -> N
 
     import numpy as np
 
-    from packft.checkpoint import _legacy_numpy_globals, rng_state, set_rng_state
-    from packft.safe_pickle import UnsafeCheckpointError, load_weights_only
+    from packft.ckpt.safe_pickle import UnsafeCheckpointError, load_weights_only
+    from packft.train.checkpoint import _legacy_numpy_globals, rng_state, set_rng_state
 
     np.random.seed(11)
     legacy = {"python": random.getstate(), "numpy": np.random.get_state(),

@@ -33,8 +33,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-sys.path.insert(0, str(Path(__file__).parent))  # orchestration_helpers, any --import-mode
-from orchestration_helpers import BIN, free_port, stop_process, wait_http  # noqa: E402
+from tests.helpers.orchestration import BIN, free_port, stop_process, wait_http  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from orchestration_helpers import ChildProcessWatch, loopback, pack_config
+
+from tests.helpers.orchestration import ChildProcessWatch, loopback, pack_config
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packft.config import ConfigError
+from packft.core.errors import ConfigError
 from packft.pipeline_config import (
     FinetuneConfig,
     PackDatasetConfig,
@@ -93,7 +93,7 @@ def test_serve_entry_point_matches_prefect_yaml(monkeypatch: pytest.MonkeyPatch)
 def test_flow_cli_uses_the_preprocess_flags() -> None:
     from flows.cli import parse_flow_args
     from packft.pipeline_config import RunOptions
-    from packft.preprocess import PreprocessConfig
+    from packft.preprocess.config import PreprocessConfig
 
     sections = {"preprocess": PreprocessConfig, "run": RunOptions}
     config_file, overrides = parse_flow_args(

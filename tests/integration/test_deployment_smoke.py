@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from orchestration_helpers import BIN, REPO, free_port, stop_process, wait_http
+
+from tests.helpers.orchestration import BIN, REPO, free_port, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orchestration_helpers import pack_config
+
+from tests.helpers.orchestration import pack_config
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orchestration_helpers import pack_config
+
+from tests.helpers.orchestration import pack_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def publish_stage(client: Any, run: Any) -> Any:
 
 def assert_refused(state: Any, client: Any, latest: Path, good: str, tmp_path: Path) -> dict:
     """Failed run, latest unchanged, diff in MLflow and the Prefect artifact: returns the diff."""
-    from packft.publish_gate import PublishRefused
+    from packft.dataset.publish_gate import PublishRefused
 
     assert state.is_failed()
     with pytest.raises(PublishRefused) as info:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from orchestration_helpers import ChildProcessWatch, loopback, pack_config
+
+from tests.helpers.orchestration import ChildProcessWatch, loopback, pack_config
 
 pytestmark = pytest.mark.slow
 

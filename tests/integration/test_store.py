@@ -1,4 +1,4 @@
-"""packft.store and tasks.caching without Prefect: versions, atomic latest, pruning, diffs, keys."""
+"""packft.dataset.store and tasks.caching, no Prefect: versions, atomic latest, pruning, diffs, keys."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packft import store
-from packft.publish_gate import PublishGate, PublishRefused
+from packft.dataset import store
+from packft.dataset.publish_gate import PublishGate, PublishRefused
 from tasks.caching import FileRef, content_key, digest_json, tree_sha256
 
 

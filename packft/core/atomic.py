@@ -1,0 +1,451 @@
+"""Crash-safe file output: one staged-commit helper for every writer, single-file or multi-file.
+
+A :class:`Stage` writes files under temporary names beside their targets, fsyncs them, then
+commits them so that readers never see a mix of old and new files. Three rules make that hold:
+
+1. **Temporaries belong to a writer.** A stage takes a writer id ``<pid>-<8 hex>`` and holds an
+   ``flock`` on ``.packft-<id>.lock`` (in the target directory) for its whole life; its files are
+   ``.<target name>.packft-<id>.tmp``. :func:`sweep` removes temporaries whose writer's lock is free
+   (the writer is dead: the kernel drops a dead process's locks), never those of a live writer,
+   and never those a pending journal still needs.
+2. **The marker goes last.** With several files, one is the set's *marker* (a dataset's sidecar, a
+   cache entry's seal). Its old version is removed before any other rename and the new one
+   renamed last, so "marker present" means "every file it names is in place".
+3. **The journal decides.** When the final names are fixed by others (MindSpeed's six dataset
+   files must be plain files in the user's directory, so no directory swap), the renames are
+   several steps. The stage then first writes a journal (atomically, after every temporary is
+   fsynced) listing the renames. Once it exists the commit is decided: any later packft process
+   (writer or reader) that finds it takes the target's commit lock and rolls the commit forward
+   (:func:`roll_forward`; renames are idempotent), before reading or writing. Without a journal,
+   staged temporaries are garbage.
+
+Worked example, dataset ``out/ds`` (data files ``B``, marker ``ds.packft.json``; ``*`` = new)::
+
+    step                          on disk                                     a reader sees
+    staging (writer 7-ab12cd34)   B  ds.packft.json  .B.packft-7-ab12cd34.tmp*  old set
+    journal written               + .ds.packft-journal                        rolls forward
+    old marker removed            B  (no sidecar)  temporaries  journal       rolls forward
+    renames, one by one           B* / B mixed     journal                    rolls forward
+    marker renamed                B* ds.packft.json*  journal                 rolls forward (no-op)
+    journal removed               B* ds.packft.json*                          new set
+
+    killed while staging -> next process: no journal, writer lock free -> temporaries swept
+    killed after journal -> next process: journal + free commit lock -> renames finished
+
+Readers take the commit lock shared while they open and check a set, writers exclusive for the
+commit only (milliseconds), so a commit never changes files under a reader that is opening them.
+
+Cost: an fsync per file and per directory; the lock files are empty. Single-file writes
+(:func:`atomic_writer`) are a stage of one file: plain write, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from packft.core.digest import HashingWriter, file_record, fingerprint, named_os_error
+from packft.core.errors import IntegrityError
+from packft.core.faults import inject
+
+WRITER = r"(?P<writer>\d+-[0-9a-f]{8})"
+TEMP_RE = re.compile(rf"^\.(?P<target>.+)\.packft-{WRITER}\.tmp$")
+LOCK_RE = re.compile(rf"^\.packft-{WRITER}\.lock$")
+JOURNAL_SUFFIX = ".packft-journal"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Persist a rename: the directory entry itself must reach the disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path(final: Path, writer: str) -> Path:
+    return final.with_name(f".{final.name}.packft-{writer}.tmp")
+
+
+def _writer_lock_path(directory: Path, writer: str) -> Path:
+    return directory / f".packft-{writer}.lock"
+
+
+def _take_writer_lock(directory: Path) -> tuple[int, str]:
+    """Create and lock ``.packft-<id>.lock``; retried if a sweeper removed it in between."""
+    while True:
+        writer = f"{os.getpid()}-{secrets.token_hex(4)}"
+        path = _writer_lock_path(directory, writer)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise named_os_error(error, directory) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd, writer
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # a sweeper took the unlocked file for a dead writer's: start again
+
+
+@contextlib.contextmanager
+def commit_lock(path: Path, *, shared: bool = False, timeout: float = 60.0) -> Iterator[bool]:
+    """Hold the ``flock`` at ``path``: exclusive for a writer's commit (the file is created),
+    shared for a reader opening a set. A reader yields False when the file does not exist (no
+    packft writer has committed there, so there is nothing to wait for; readers never create
+    files). Waits up to ``timeout`` seconds for a concurrent holder."""
+    try:
+        fd = os.open(path, os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        if shared:
+            yield False
+            return
+        raise
+    except OSError as error:
+        raise named_os_error(error, path.parent) from None
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise IntegrityError(
+                        f"{path} stayed locked for {timeout:.0f} s: another packft process is "
+                        "committing there; retry when it has finished"
+                    ) from None
+                time.sleep(0.02)
+        yield True
+    finally:
+        os.close(fd)
+
+
+class Stage:
+    """One writer's temporary files in one directory, committed together (see module doc).
+
+    Args:
+        directory: where the targets (and so the temporaries) live.
+        label: prefix of the fault-injection points (``<label>.write``, ``<label>.staged``,
+            ``<label>.journal``, ``<label>.unmarked``, ``<label>.renamed``, ``<label>.marker``,
+            ``<label>.committed``).
+        journal: the commit record's path (multi-step commits of fixed names), or None.
+        lock: the targets' commit lock (required with ``journal``).
+
+    Use as a context manager: leaving it by an exception removes every temporary (and re-raises
+    OS errors naming the file), leaving it normally releases the writer lock.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        label: str = "stage",
+        journal: Path | None = None,
+        lock: Path | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.label = label
+        self.journal = journal
+        self.lock = lock if lock is not None else journal
+        self._fd, self.writer = _take_writer_lock(self.directory)
+        self._temps: dict[Path, Path] = {}  # final -> temporary, in staging order
+        self._open: dict[Path, HashingWriter] = {}
+        self.records: dict[str, dict[str, Any]] = {}  # final name -> size, sha256, fingerprint
+        self._faults = bool(os.environ.get("PACKFT_FAULT"))
+        self._decided = False
+
+    # --- staging ---------------------------------------------------------------------------
+
+    def temp(self, final: str | Path) -> Path:
+        """The temporary path for ``final`` (registered: committed or removed with the stage)."""
+        final = Path(final)
+        if final.parent.resolve() != self.directory.resolve():
+            raise ValueError(f"{final} is not in the stage's directory {self.directory}")
+        return self._temps.setdefault(final, temp_path(final, self.writer))
+
+    def open(self, final: str | Path, mode: str = "wb") -> IO:
+        """Create the temporary for ``final``; bytes written are hashed on the way (``"w"``:
+        UTF-8 text). Seal it with :meth:`seal` when complete."""
+        import io
+
+        final = Path(final)
+        tmp = self.temp(final)
+        try:
+            raw = open(tmp, "wb")  # noqa: SIM115 - closed by seal/abort
+            os.fchmod(raw.fileno(), 0o644)
+        except OSError as error:
+            raise named_os_error(error, final) from None
+        fault = f"{self.label}.write" if self._faults else None
+        handle = self._open[final] = HashingWriter(raw, final, fault)
+        if "b" in mode:
+            return handle
+        return io.TextIOWrapper(handle, encoding="utf-8", write_through=True)
+
+    def seal(self, final: str | Path) -> dict[str, Any]:
+        """Flush, fsync and close ``final``'s temporary; record its size, sha256, fingerprint."""
+        final = Path(final)
+        tmp = self.temp(final)
+        handle = self._open.pop(final, None)
+        sha256 = None
+        if handle is not None:
+            handle.sync()
+            sha256 = handle.sha256
+            handle.close()
+        else:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        record = self.records[final.name] = file_record(tmp, sha256)
+        return record
+
+    def discard(self, final: str | Path) -> None:
+        """Drop one staged file (its temporary is removed)."""
+        final = Path(final)
+        handle = self._open.pop(final, None)
+        if handle is not None:
+            handle.discard()
+        tmp = self._temps.pop(final, None)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        self.records.pop(final.name, None)
+
+    # --- commit ----------------------------------------------------------------------------
+
+    def commit(self, marker: str | Path | None = None) -> None:
+        """Rename every sealed temporary to its target; ``marker`` (if given) goes last and its
+        old version is removed first. With a journal, the journal is written before anything
+        at a final name changes and removed after. Every temporary must have been sealed."""
+        unsealed = [str(f) for f in self._open]
+        if unsealed:
+            raise RuntimeError(f"commit with unsealed files: {', '.join(unsealed)}")
+        finals = list(self._temps)
+        if marker is not None:
+            finals.remove(Path(marker))
+            finals.append(Path(marker))
+        entries = [
+            (self._temps[f].name, f.name, self.records[f.name]["fingerprint"]) for f in finals
+        ]
+        inject(f"{self.label}.staged", self.directory)
+        if self.journal is None:
+            _apply(self.directory, entries, marker is not None, self.label)
+        else:
+            with commit_lock(self.lock, timeout=600.0):  # readers hold it while they check
+                if self.journal.exists():  # a dead writer's decided commit: finish it first
+                    roll_forward(self.journal)
+                record = {"writer": self.writer, "marker": marker is not None, "files": entries}
+                _write_journal(self.journal, record)
+                self._decided = True  # from here on a failure is finished by a roll-forward
+                inject(f"{self.label}.journal", self.journal)
+                _apply(self.directory, entries, marker is not None, self.label, self.journal)
+        self._temps.clear()
+
+    def abort(self) -> None:
+        """Remove every temporary of this stage (nothing at a final name changes). After the
+        journal was written the commit is decided: the temporaries stay for the roll-forward
+        the next packft process on these targets does."""
+        for final in list(self._temps):
+            if self._decided:
+                handle = self._open.pop(final, None)
+                if handle is not None:
+                    handle.discard()
+            else:
+                self.discard(final)
+
+    def close(self) -> None:
+        """Release the writer lock (removing its file); call after commit or abort."""
+        if self._fd >= 0:
+            _writer_lock_path(self.directory, self.writer).unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc_type is not None:
+                self.abort()
+        finally:
+            self.close()
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise named_os_error(exc, self.directory) from exc
+
+
+def _write_journal(path: Path, record: dict[str, Any]) -> None:
+    """The journal itself is a single-file atomic write (a torn journal is never read)."""
+    with atomic_writer(path, "w") as out:
+        json.dump(record, out)
+
+
+def _apply(
+    directory: Path,
+    entries: list[tuple[str, str, str]],
+    has_marker: bool,
+    label: str,
+    journal: Path | None = None,
+) -> None:
+    """Do (or finish) the renames of ``entries`` ``(temporary, final, fingerprint)``; idempotent:
+    an entry whose temporary is gone must already be at its final name (same fingerprint)."""
+    if has_marker and len(entries) > 1:
+        marker_tmp, marker_final, _ = entries[-1]
+        if not (directory / marker_tmp).exists() and not (directory / marker_final).exists():
+            raise IntegrityError(
+                f"cannot finish the commit in {directory}: its marker {marker_tmp} is gone and "
+                f"no {marker_final} was committed; write the dataset again"
+            )
+        if (directory / marker_tmp).exists():  # else the marker (last) was already renamed
+            (directory / marker_final).unlink(missing_ok=True)
+            inject(f"{label}.unmarked", directory / marker_final)
+            _rename_all(directory, entries[:-1], label)
+            fsync_dir(directory)
+            inject(f"{label}.marker", directory / marker_final)
+            os.replace(directory / marker_tmp, directory / marker_final)
+    else:
+        _rename_all(directory, entries, label)
+    fsync_dir(directory)
+    inject(f"{label}.committed", directory)
+    if journal is not None:
+        journal.unlink(missing_ok=True)
+        fsync_dir(directory)
+
+
+def _rename_all(directory: Path, entries: list[tuple[str, str, str]], label: str) -> None:
+    for tmp_name, final_name, expected in entries:
+        tmp, final = directory / tmp_name, directory / final_name
+        if tmp.exists():
+            os.replace(tmp, final)
+        elif not final.exists() or fingerprint(final) != expected:
+            raise IntegrityError(
+                f"cannot finish the commit in {directory}: {tmp_name} is gone and {final_name} "
+                "is not the file it recorded; write the dataset again"
+            )
+        inject(f"{label}.renamed", final)
+
+
+def roll_forward(journal: Path) -> bool:
+    """Finish the commit ``journal`` records (caller holds its commit lock); False if none."""
+    try:
+        record = json.loads(journal.read_text())
+    except FileNotFoundError:
+        return False
+    entries = [tuple(e) for e in record["files"]]
+    _apply(journal.parent, entries, bool(record.get("marker")), "rollforward", journal)
+    return True
+
+
+def _journaled_writers(directory: Path, names: list[str]) -> set[str]:
+    writers = set()
+    for name in names:
+        if name.endswith(JOURNAL_SUFFIX):
+            try:
+                writers.add(json.loads((directory / name).read_text())["writer"])
+            except (OSError, ValueError, KeyError):
+                continue
+    return writers
+
+
+def sweep(directory: str | Path) -> list[Path]:
+    """Remove the temporaries and lock files of dead writers in ``directory``; returns them.
+
+    A writer is dead when its lock file is missing or can be locked (see module doc). Writers
+    named by a pending journal are kept: :func:`roll_forward` needs their files.
+    """
+    directory = Path(directory)
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    temps: dict[str, list[str]] = {}
+    for name in names:
+        if match := TEMP_RE.match(name):
+            temps.setdefault(match["writer"], []).append(name)
+        elif match := LOCK_RE.match(name):
+            temps.setdefault(match["writer"], [])
+    removed: list[Path] = []
+    keep = _journaled_writers(directory, names)
+    for writer, files in temps.items():
+        if writer in keep:
+            continue
+        with _dead_writer(directory, writer) as dead:
+            if dead:
+                for name in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        (directory / name).unlink()
+                        removed.append(directory / name)
+                lock = _writer_lock_path(directory, writer)
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                    removed.append(lock)
+    return removed
+
+
+@contextlib.contextmanager
+def _dead_writer(directory: Path, writer: str) -> Iterator[bool]:
+    """True (holding the writer's lock) when ``writer`` is dead; False when it is alive."""
+    path = _writer_lock_path(directory, writer)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield True  # a writer creates its lock before any temporary and removes it after them
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def probe_writable(directory: str | Path, what: str = "the output directory") -> None:
+    """Create and remove a writer lock in ``directory``: an unwritable one fails here, with one
+    ``OSError`` naming it, before any expensive work."""
+    directory = Path(directory)
+    try:
+        inject("probe.create", directory)
+        fd, writer = _take_writer_lock(directory)
+    except OSError as error:
+        reason = f"{error.strerror or error}; {what} must be writable"
+        raise OSError(error.errno, reason, os.fspath(directory)) from None
+    _writer_lock_path(directory, writer).unlink(missing_ok=True)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on clean exit fsync it and rename it to ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left untouched (a stage of
+    one file, see :class:`Stage`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Stage(path.parent, label="atomic") as stage:
+        handle = stage.open(path, mode)
+        yield handle
+        handle.flush()
+        stage.seal(path)
+        stage.commit()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path, "wb") as handle:
+        handle.write(data)

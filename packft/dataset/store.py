@@ -1,0 +1,498 @@
+"""Versioned dataset directories with an atomically swapped ``latest`` symlink, safe to share.
+
+Layout under an output root (``dirname(--output-prefix)``)::
+
+    root/versions/20261128-021500.123456-3f9c0a1b2d/   one complete dataset (UTC time + fingerprint)
+        <name>_packed_{input_ids,attention_mask,labels}_document.{bin,idx}
+        <name>.packft.json  <name>.packft.plan.npz  samples.u64.npy  VERSION.json
+    root/versions/.tmp-<version>     a build in progress (or a killed one's leftovers)
+    root/versions/.lease-<version>   flock held by the process that owns that build
+    root/latest -> versions/20261128-021500.123456-3f9c0a1b2d
+    root/published.json              publish history: [{"version", "at", "forced"}, ...]
+    root/.store.lock                 the store lock (see packft.dataset.store_lock)
+
+Guarantees (several processes may build and publish into one root at the same time):
+
+* Every change of the namespace (name allocation, build -> version rename, ``latest`` swap,
+  prune, cleanup) happens under the cross-process store lock; datasets are written outside it.
+* A version is built in ``versions/.tmp-<name>`` and renamed into place only when complete
+  (``VERSION.json`` written last), so ``versions/*`` holds only complete datasets. Pruned versions
+  are renamed to ``.trash-*`` before being deleted, so a half-deleted one is never visible.
+* Names sort by creation time: the UTC time in microseconds at allocation (under the lock), bumped
+  to 1 us after the newest existing name if the clock did not advance or went back. Two versions
+  never share a stamp, so the fingerprint never decides the order.
+* ``latest`` moves by creating a relative symlink beside it and ``os.replace``-ing it over the old
+  one (atomic on POSIX): a reader sees the old or the new dataset, never a mix. It is only ever
+  pointed at a complete version, checked under the lock, and prune (also under the lock) reads
+  ``latest`` itself, so it never deletes what ``latest`` names, whoever moved it last.
+* ``root/published.json`` lists every publish (version, UTC time, forced), written before the
+  swap. Prune keeps ``latest``, every version leased by a live writer, the ``keep_previous``
+  newest once-published versions (rollback targets) and the ``keep_previous`` newest
+  never-published ones (refused by the publish gate, or finished by a run killed before its
+  publish): garbage refused night after night can neither fill the disk nor push out the last
+  good versions. (A store without the file counts versions up to ``latest`` as published.)
+* A killed writer's ``.tmp-*`` (and lease, ``.trash-*``, ``.latest.tmp-*``) is removed by the next
+  allocation or publish on the same root; a build whose lease is still held (a live writer) is
+  never touched.
+* :func:`publish` can take a :class:`~packft.dataset.publish_gate.PublishGate`: the diff against the
+  current ``latest`` is computed under the lock and a regression raises
+  :class:`~packft.dataset.publish_gate.PublishRefused` with ``latest`` unchanged.
+* A version is named by the dataset fingerprint (inputs' content digests, tokenizer digest,
+  every option, packft version), so "nothing changed" is a lookup, not a rebuild.
+* ``samples.u64.npy`` holds one 64-bit BLAKE2b digest per tokenized sample (ids + labels), sorted;
+  the diff between two versions (samples added/removed) is a set difference of those arrays.
+
+Cost: one lock round trip and a directory scan per allocation/publish (~1 ms for 100 versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packft.core.atomic import atomic_write_bytes, fsync_dir
+from packft.core.errors import IntegrityError
+from packft.core.faults import inject
+from packft.dataset.publish_gate import PublishGate, PublishRefused
+from packft.dataset.store_lock import LEASE_PREFIX, Lease, lease_is_live, lease_path, store_lock
+
+LATEST = "latest"
+VERSIONS = "versions"
+MANIFEST = "VERSION.json"
+SAMPLES = "samples.u64.npy"
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+LINK_TMP_PREFIX = f".{LATEST}.tmp-"
+HISTORY = "published.json"
+
+__all__ = [
+    "PublishResult",
+    "abandon_version",
+    "current_version",
+    "diff_versions",
+    "find_version",
+    "list_versions",
+    "new_version_dir",
+    "release_version",
+    "sample_digests",
+    "shard_sample_digests",
+    "finalize_version",
+    "publish",
+    "read_history",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_leases: dict[str, Lease] = {}  # version path -> this process's lease on it
+_leases_guard = threading.Lock()
+
+
+def _short(fingerprint: str) -> str:
+    return fingerprint[:10]
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+def stamp_of(name: str) -> int | None:
+    """Creation time (UTC microseconds) encoded in a version name; also reads the old
+    second-resolution names (``20261128-021500-<fp>``). None for a foreign name."""
+    for width, pattern in ((22, "%Y%m%d-%H%M%S.%f"), (15, "%Y%m%d-%H%M%S")):
+        try:
+            moment = datetime.strptime(name[:width], pattern).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        return (moment - _EPOCH) // _ONE_US
+    return None
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    stamp = stamp_of(name)
+    return (-1 if stamp is None else stamp, name)
+
+
+def _format_stamp(micros: int) -> str:
+    return (_EPOCH + micros * _ONE_US).strftime("%Y%m%d-%H%M%S.%f")
+
+
+def _next_stamp(base: Path) -> str:
+    """Now, or 1 us after the newest name in ``base`` (built, building or leased): strictly
+    increasing under the store lock even when the clock stalls or steps back."""
+    now = time.time_ns() // 1000
+    for entry in os.listdir(base):
+        for prefix in (TMP_PREFIX, LEASE_PREFIX, ""):
+            if entry.startswith(prefix):
+                stamp = stamp_of(entry[len(prefix) :])
+                if stamp is not None and stamp >= now:
+                    now = stamp + 1
+                break
+    return _format_stamp(now)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def list_versions(root: Path) -> list[Path]:
+    """Complete versions, oldest first (by the creation time in their names)."""
+    base = Path(root) / VERSIONS
+    if not base.is_dir():
+        return []
+    done = [p for p in base.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()]
+    return sorted(done, key=lambda p: _sort_key(p.name))
+
+
+def read_manifest(version: Path) -> dict[str, Any]:
+    return json.loads((Path(version) / MANIFEST).read_text())
+
+
+def find_version(root: Path, fingerprint: str) -> Path | None:
+    """The newest complete version built from exactly this fingerprint, if any."""
+    for path in reversed(list_versions(root)):
+        try:
+            if read_manifest(path).get("fingerprint") == fingerprint:
+                return path
+        except FileNotFoundError:  # pruned by another process since the listing
+            continue
+    return None
+
+
+def current_version(root: Path) -> Path | None:
+    """What ``root/latest`` points at (resolved), or None."""
+    link = Path(root) / LATEST
+    if not link.is_symlink():
+        return None
+    target = link.resolve()
+    return target if (target / MANIFEST).is_file() else None
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def _lease_key(version: Path) -> str:
+    return str(Path(version).resolve())
+
+
+def new_version_dir(root: Path, fingerprint: str) -> tuple[Path, Path]:
+    """A fresh build dir and the final name it will get: ``(tmp, final)``.
+
+    Under the store lock: removes dead writers' leftovers, allocates a time-ordered unique name
+    and takes this process's lease on it (released by :func:`publish`, :func:`release_version`
+    or :func:`abandon_version`, or by the kernel when the process dies).
+    """
+    root = Path(root)
+    base = root / VERSIONS
+    base.mkdir(parents=True, exist_ok=True)
+    trash: list[Path] = []
+    with store_lock(root):
+        trash += _remove_dead_leftovers(root)
+        final = base / f"{_next_stamp(base)}-{_short(fingerprint)}"
+        tmp = base / f"{TMP_PREFIX}{final.name}"
+        lease = Lease(lease_path(base, final.name))
+        try:
+            tmp.mkdir()
+        except BaseException:
+            lease.release()
+            raise
+        with _leases_guard:
+            _leases[_lease_key(final)] = lease
+    _empty_trash(trash)
+    return tmp, final
+
+
+def finalize_version(
+    tmp: Path, final: Path, fingerprint: str, digests: np.ndarray, info: dict[str, Any]
+) -> Path:
+    """Write the sample digests and ``VERSION.json`` (last), then rename ``tmp`` to ``final``."""
+    with open(tmp / SAMPLES, "wb") as handle:
+        np.save(handle, np.asarray(digests, dtype=np.uint64))
+        handle.flush()
+        os.fsync(handle.fileno())
+    manifest = {"fingerprint": fingerprint, "created": time.time(), **info}
+    atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    inject("store.version.staged", tmp)
+    with store_lock(final.parent.parent):
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    inject("store.version.renamed", final)
+    return final
+
+
+def release_version(version: Path) -> None:
+    """Drop this process's lease on ``version`` (a no-op when it holds none)."""
+    with _leases_guard:
+        lease = _leases.pop(_lease_key(version), None)
+    if lease is not None:
+        with store_lock(Path(version).parent.parent):
+            lease.release()
+
+
+def abandon_version(tmp: Path, final: Path) -> None:
+    """A build failed: remove its temporary dir, then give up its name."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    release_version(final)
+
+
+# --- cleanup (under the store lock) -------------------------------------------------------------
+
+
+def _to_trash(path: Path) -> Path:
+    """Rename ``path`` out of sight (atomic), to be deleted after the lock is released."""
+    trash = path.parent / f"{TRASH_PREFIX}{path.name.lstrip('.')}-{uuid.uuid4().hex[:8]}"
+    os.replace(path, trash)
+    return trash
+
+
+def _empty_trash(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)  # another run may be emptying the same trash
+
+
+def _remove_dead_leftovers(root: Path) -> list[Path]:
+    """Builds of dead writers and their leases, unfinished deletions, stale link temps.
+
+    Returns the trash to delete once the lock is released (large builds take a while).
+    """
+    base = root / VERSIONS
+    trash: list[Path] = []
+    for entry in sorted(os.listdir(base)) if base.is_dir() else []:
+        path = base / entry
+        if entry.startswith(TRASH_PREFIX):
+            trash.append(path)
+        elif entry.startswith(TMP_PREFIX):
+            lease = lease_path(base, entry[len(TMP_PREFIX) :])
+            if not lease_is_live(lease):
+                trash.append(_to_trash(path))
+                lease.unlink(missing_ok=True)
+        elif entry.startswith(LEASE_PREFIX) and not lease_is_live(path):
+            path.unlink(missing_ok=True)  # its writer died after finishing the version
+    for link in root.glob(f"{LINK_TMP_PREFIX}*"):  # links are only made under this lock
+        link.unlink(missing_ok=True)
+    return trash
+
+
+# --- publishing ---------------------------------------------------------------------------------
+
+
+def read_history(root: Path) -> list[dict[str, Any]]:
+    """Every publish of this store, oldest first (``[]`` before the first one).
+
+    Raises:
+        IntegrityError: ``published.json`` is not what this module writes.
+    """
+    path = Path(root) / HISTORY
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())["published"]
+        names = [str(e["version"]) for e in entries]
+    except (ValueError, KeyError, TypeError) as error:
+        raise IntegrityError(
+            f"{path} is not a packft publish history ({error}); restore it or delete it (then "
+            "versions up to latest count as published)"
+        ) from error
+    if len(names) != len(entries):
+        raise IntegrityError(f"{path}: malformed entries")
+    return entries
+
+
+def _record_publish(root: Path, name: str, forced: bool) -> None:
+    at = datetime.now(UTC).isoformat(timespec="microseconds")
+    entries = [*read_history(root), {"version": name, "at": at, "forced": forced}]
+    atomic_write_bytes(root / HISTORY, json.dumps({"published": entries}, indent=1).encode())
+
+
+def _published_names(root: Path, live: Path, versions: list[Path]) -> set[str]:
+    if (root / HISTORY).is_file():
+        return {e["version"] for e in read_history(root)}
+    return {v.name for v in versions if _sort_key(v.name) <= _sort_key(live.name)}  # older store
+
+
+@dataclass
+class PublishResult:
+    """What a publish did: which version is live now, what it replaced, what was pruned."""
+
+    current: str
+    previous: str | None
+    changed: bool
+    pruned: list[str] = field(default_factory=list)
+    diff: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def publish(
+    root: Path,
+    version: Path,
+    keep_previous: int = 2,
+    *,
+    gate: PublishGate | None = None,
+    force: bool = False,
+    override: str = "force=True",
+) -> PublishResult:
+    """Point ``root/latest`` at ``version`` atomically (if the gate lets it), then prune.
+
+    Args:
+        root: output root holding ``versions/`` and ``latest``.
+        version: a complete version directory under ``root/versions``.
+        keep_previous: once-published versions kept besides the live one, and as many
+            never-published ones (see the module docstring).
+        gate: limits against the current ``latest``; None publishes unconditionally.
+        force: publish even when the gate refuses (the verdict still says what it found).
+        override: how the caller's user forces a publish, quoted in the refusal message.
+
+    Raises:
+        ValueError: ``version`` is not a complete version under ``root/versions`` (never
+            built, or pruned by another run since this one found it).
+        PublishRefused: the gate refused; ``latest`` is unchanged, ``version`` kept unpublished.
+    """
+    root, target = Path(root), Path(version).resolve()
+    if keep_previous < 0:
+        raise ValueError(f"keep_previous must be >= 0, got {keep_previous}")
+    trash: list[Path] = []
+    try:
+        with store_lock(root):
+            trash += _remove_dead_leftovers(root)
+            result = _publish_locked(root, target, keep_previous, gate, force, override, trash)
+    finally:
+        _empty_trash(trash)
+    if isinstance(result, PublishRefused):
+        raise result
+    return result
+
+
+def _publish_locked(
+    root: Path,
+    target: Path,
+    keep: int,
+    gate: PublishGate | None,
+    force: bool,
+    override: str,
+    trash: list[Path],
+) -> PublishResult | PublishRefused:
+    """The body of :func:`publish`, under the store lock; pruned dirs are added to ``trash``."""
+    if target.parent != (root / VERSIONS).resolve() or not (target / MANIFEST).is_file():
+        raise ValueError(
+            f"{target} is not a complete version under {root / VERSIONS} (was it pruned by "
+            "another run? re-run to rebuild it)"
+        )
+    before = current_version(root)
+    result = PublishResult(target.name, before.name if before else None, before != target)
+    outcome: PublishResult | PublishRefused = result
+    if result.changed:
+        result.diff = diff_versions(before, target)
+        verdict = gate.check(result.diff, forced=force) if gate is not None else None
+        result.gate = verdict.to_dict() if verdict is not None else None
+        if verdict is not None and not verdict.passed and not force:
+            outcome = PublishRefused(str(target), str(before) if before else None,
+                                     result.diff, verdict, override)  # fmt: skip
+        else:
+            _record_publish(root, target.name, forced=bool(verdict and not verdict.passed))
+            _swap_latest(root, target.name)
+    if outcome is result:
+        result.pruned, doomed = _prune(root, target, keep)
+        trash += doomed
+    with _leases_guard:
+        lease = _leases.pop(_lease_key(target), None)
+    if lease is not None:
+        lease.release()
+    return outcome
+
+
+def _swap_latest(root: Path, name: str) -> None:
+    link = root / LATEST
+    tmp_link = root / f"{LINK_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(Path(VERSIONS) / name)
+    inject("store.publish.linked", tmp_link)
+    os.replace(tmp_link, link)
+    fsync_dir(root)
+    inject("store.publish.swapped", link)
+
+
+def _prune(root: Path, live: Path, keep: int) -> tuple[list[str], list[Path]]:
+    """Move unprotected versions beyond ``keep`` once-published and ``keep`` never-published
+    ones (newest kept) to the trash."""
+    base = root / VERSIONS
+    versions = list_versions(root)
+    published = _published_names(root, live, versions)
+    free = [
+        v for v in versions if v.name != live.name and not lease_is_live(lease_path(base, v.name))
+    ]
+    earlier = [v for v in free if v.name in published]
+    never = [v for v in free if v.name not in published]
+    doomed = earlier[: max(0, len(earlier) - keep)] + never[: max(0, len(never) - keep)]
+    trash = []
+    for old in doomed:
+        trash.append(_to_trash(old))
+        inject("store.prune.trashed", trash[-1])
+    if doomed:
+        fsync_dir(base)
+    return [v.name for v in doomed], trash
+
+
+# --- samples and diffs ----------------------------------------------------------------------------
+
+
+def shard_sample_digests(shards: list[Path]) -> np.ndarray:
+    """Sorted digests of every sample of the tokenized shards (read sample by sample)."""
+    from packft.tokenize.shards import ShardReader
+
+    parts = []
+    for path in shards:
+        reader = ShardReader(path)
+        parts.append(sample_digests(reader.sample(i) for i in range(reader.num_samples)))
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+
+
+def sample_digests(samples: Any) -> np.ndarray:
+    """Sorted uint64 digests of ``(ids, labels)`` pairs (an iterable of two int arrays)."""
+    out = [
+        int.from_bytes(
+            hashlib.blake2b(
+                np.ascontiguousarray(ids).tobytes() + b"|" + np.ascontiguousarray(lab).tobytes(),
+                digest_size=8,
+            ).digest(),
+            "little",
+        )
+        for ids, lab in samples
+    ]
+    return np.sort(np.array(out, dtype=np.uint64))
+
+
+def diff_versions(old: Path | None, new: Path) -> dict[str, Any]:
+    """Samples added/removed and efficiency before/after between two versions."""
+    new_manifest = read_manifest(new)
+    new_samples = np.load(Path(new) / SAMPLES)
+    result: dict[str, Any] = {
+        "samples_after": int(new_samples.size),
+        "efficiency_after": new_manifest.get("efficiency"),
+    }
+    if old is None:
+        result |= {
+            "samples_before": 0,
+            "samples_added": int(new_samples.size),
+            "samples_removed": 0,
+            "efficiency_before": None,
+        }
+        return result
+    old_samples = np.load(Path(old) / SAMPLES)
+    result |= {
+        "samples_before": int(old_samples.size),
+        "samples_added": int(np.setdiff1d(new_samples, old_samples).size),
+        "samples_removed": int(np.setdiff1d(old_samples, new_samples).size),
+        "efficiency_before": read_manifest(old).get("efficiency"),
+    }
+    return result

@@ -1,0 +1,41 @@
+"""``packft preprocess``: MindSpeed-LLM's ``preprocess_data.py`` for SFT data, composed of the
+stages ingest -> tokenize -> pack -> dataset.
+
+In: a :class:`~packft.preprocess.config.PreprocessConfig` (MindSpeed's pack recipe works
+unchanged: ``--input --tokenizer-name-or-path --output-prefix --workers --log-interval
+--tokenizer-type PretrainedFromHF --overwrite-cache --handler-name --prompt-type --pack
+--neat-pack --append-eod --seq-length --map-keys``, plus ``--pack-algorithm --pack-seed --mix
+--overlong --dtype --on-invalid --repair --cache-dir --min-valid-fraction --max-record-bytes``).
+Out: the dataset set of :mod:`packft.dataset` at ``--output-prefix``, the rejects file, and a
+:class:`~packft.preprocess.steps.PreprocessResult` (files, stats, per-step seconds).
+
+Modules: :mod:`~packft.preprocess.config` (the options, checked at once),
+:mod:`~packft.preprocess.steps` (fetch, validate, tokenize, quality gate, plan, write: the
+functions the Prefect tasks wrap) and :mod:`~packft.preprocess.cli` (the command).
+"""
+
+from packft.preprocess.config import PreprocessConfig
+from packft.preprocess.steps import (
+    PreprocessResult,
+    check_input_quality,
+    fetch_inputs,
+    plan,
+    preprocess,
+    rejects_path_for,
+    tokenize_input,
+    validate_input,
+    write,
+)
+
+__all__ = [
+    "PreprocessConfig",
+    "PreprocessResult",
+    "check_input_quality",
+    "fetch_inputs",
+    "plan",
+    "preprocess",
+    "rejects_path_for",
+    "tokenize_input",
+    "validate_input",
+    "write",
+]

@@ -1,0 +1,40 @@
+"""Stage 2, tokenize: conversations in, one tokenized Arrow shard per input file out.
+
+In: :class:`~packft.ingest.records.Conversation` s (read through :mod:`packft.ingest`), a
+Hugging Face tokenizer and a chat template name (MindSpeed's ``--prompt-type``). Out: a shard of
+``input_ids``/``labels`` rows (``-100`` on untrained tokens) with a header (template, tokenizer
+fingerprint, input sha256, options, pad/eos ids) and the run's counts in a trailing batch.
+
+Modules: :mod:`~packft.tokenize.templates` (+ the data table
+:mod:`~packft.tokenize.template_table`) render a conversation into (source, target) pieces per
+turn; :mod:`~packft.tokenize.truncation` holds MindSpeed's and packft's marker-keeping cuts;
+:mod:`~packft.tokenize.encode` batches the Rust encode over worker processes;
+:mod:`~packft.tokenize.shards` writes and reads the shard format.
+"""
+
+from packft.tokenize.encode import TokenizeOptions, TokenizeStats, tokenize_file
+from packft.tokenize.shards import (
+    ShardError,
+    ShardReader,
+    TokenShards,
+    read_lengths,
+    read_stats,
+    tokenizer_ids,
+)
+from packft.tokenize.templates import TEMPLATE_NAMES, ChatTemplate, get_template, load_tokenizer
+
+__all__ = [
+    "TEMPLATE_NAMES",
+    "ChatTemplate",
+    "ShardError",
+    "ShardReader",
+    "TokenShards",
+    "TokenizeOptions",
+    "TokenizeStats",
+    "get_template",
+    "load_tokenizer",
+    "read_lengths",
+    "read_stats",
+    "tokenize_file",
+    "tokenizer_ids",
+]

@@ -1,0 +1,39 @@
+"""Fine-tuning: a packed dataset and a model in, trained weights, checkpoints and a run record out.
+
+In: a :class:`~packft.train.config.TrainConfig` naming a set written by :mod:`packft.dataset`
+(or by MindSpeed) and a Hugging Face model directory or an mcore checkpoint (read through
+:mod:`packft.ckpt`). Out: ``{save}/checkpoints/iter_*`` (exact resume), ``{save}/hf`` (and
+``{save}/mcore``), ``{save}/train_log.jsonl`` and the run in :mod:`packft.track`.
+
+Modules: :mod:`~packft.train.config` (the options; no torch), :mod:`~packft.train.cli` (``packft
+train``: picks the engine), :mod:`~packft.train.loop` (the native step loop),
+:mod:`~packft.train.data` (rows -> segments, positions, loss weights; the sampler),
+:mod:`~packft.train.attention` (varlen attention per sample), :mod:`~packft.train.device`
+(NPU/CUDA/CPU), :mod:`~packft.train.state` (what the loop and the checkpoints share),
+:mod:`~packft.train.checkpoint` (atomic save, exact resume, final export),
+:mod:`~packft.train.mindspeed` (``--engine mindspeed``) and :mod:`~packft.train.history` (what
+a run records; ``packft track-import``). Imports go one way: config and state <- data,
+checkpoint, mindspeed <- loop <- cli.
+
+:class:`TrainConfig` is imported eagerly; the other names load torch, so they load on first use.
+"""
+
+import importlib
+
+from packft.train.config import TrainConfig
+
+_LAZY = {
+    "train": "packft.train.loop",
+    "SFTDataset": "packft.train.data",
+    "ShardedSampler": "packft.train.data",
+    "run_mindspeed": "packft.train.mindspeed",
+    "latest_checkpoint": "packft.train.checkpoint",
+}
+__all__ = ["TrainConfig", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> object:
+    """Import the module that defines ``name`` (and torch) when the name is first used."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,217 @@
+"""Training checkpoints of `packft train`: what is saved, how it is written, how a run resumes.
+
+What is saved. Every --save-interval steps, `{save}/checkpoints/iter_{step:07d}/` receives:
+
+* model and optimizer state through `torch.distributed.checkpoint` (DCP), written by every rank
+  (so DDP and FSDP2 shards alike, via `get_state_dict`);
+* `rng_rank{rank:05d}.pt`: each rank's Python, NumPy, torch (and CUDA) RNG states;
+* `trainer_state.pt` (rank 0): step, LR scheduler, data sampler position, world size, config.
+
+`{save}/checkpoints/latest` holds the name of the newest `iter_*` directory. At the end of a
+completed run, :func:`save_final` writes full weights as Hugging Face safetensors to `{save}/hf`
+(config without packft's attention implementation, plus the tokenizer) and, with --save-mcore,
+a Megatron-mcore copy to `{save}/mcore` through the converter.
+
+Atomic write. A checkpoint is written into `.tmp-iter_{step:07d}`, every file is fsynced, the
+directory is renamed to its final name and its parent fsynced, and only then is `latest` replaced
+(temp file + fsync + rename, :mod:`packft.core.atomic`). A run killed at any moment therefore leaves
+`latest` naming a complete checkpoint; `{save}/hf` is likewise written as `.tmp-hf` and renamed.
+
+Exact resume. `--resume` (:func:`load_checkpoint`) restores model, optimizer, scheduler, sampler
+and step from `latest`, and each rank's RNG when the world size is unchanged (otherwise the fresh
+RNG is kept; data order comes from the sampler state and is unaffected). A run killed after step
+k and resumed therefore ends with bit-identical weights to an uninterrupted run
+(tests/train/test_train.py).
+
+Nothing is unpickled into code. `trainer_state.pt` and `rng_rank*.pt` hold only tensors and plain
+values (the NumPy state as an int64 tensor plus scalars) and are read with
+`torch.load(weights_only=True)`; the DCP `.metadata` and non-tensor items go through
+:func:`packft.ckpt.torch_dist.safe_dcp_load`. A file carrying any other global (a pickled
+`os.system` ...) is refused before it runs (tests/faults/test_unpickling.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from packft.ckpt.safe_pickle import load_weights_only
+from packft.core.atomic import atomic_write_bytes, fsync_dir
+
+if TYPE_CHECKING:
+    from packft.train.config import TrainConfig
+    from packft.train.state import DistEnv, Parts
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_root(cfg: TrainConfig) -> Path:
+    """`{save}/checkpoints`: the `iter_*` directories and the `latest` pointer."""
+    return Path(cfg.save) / "checkpoints"
+
+
+def latest_checkpoint(cfg: TrainConfig) -> str | None:
+    """The checkpoint directory `latest` names, or None before the first save."""
+    latest = checkpoint_root(cfg) / "latest"
+    return str(checkpoint_root(cfg) / latest.read_text().strip()) if latest.exists() else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step may draw from (Python, NumPy, torch, CUDA when present), as tensors and
+    plain values only, so the file loads with ``torch.load(weights_only=True)``."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next)
+        "numpy": {"bit_generator": kind, "key": torch.from_numpy(key.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (or the NumPy tuple that packft <= 0.x stored)."""
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        numpy_state = (numpy_state["bit_generator"], key, numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])  # fmt: skip
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _legacy_numpy_globals() -> list[Any]:
+    """Exactly what an ``np.random.get_state()`` tuple pickles (older packft RNG files): the
+    array reconstructor, ``ndarray`` and the uint32 dtype. Nothing else from numpy is allowed."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def barrier() -> None:
+    """`dist.barrier()` when distributed; nothing on a single process."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts, step: int) -> Path:
+    """DCP model+optimizer, trainer state and RNG into a temp dir, renamed into place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = checkpoint_root(cfg)
+    final, tmp = root / f"iter_{step:07d}", root / f".tmp-iter_{step:07d}"
+    if env.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    msd, osd = get_state_dict(p.model, p.optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+    torch.save(rng_state(), tmp / f"rng_rank{env.rank:05d}.pt")
+    barrier()
+    if env.main:
+        trainer = {"step": step, "scheduler": p.scheduler.state_dict(), "world": env.world,
+                   "sampler": p.sampler.state_dict(), "config": cfg.model_dump(),
+                   "torch_threads": torch.get_num_threads()}  # fmt: skip
+        torch.save(trainer, tmp / "trainer_state.pt")
+        for path in tmp.iterdir():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+        atomic_write_bytes(root / "latest", final.name.encode())
+    barrier()
+    return final
+
+
+def load_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts) -> None:
+    """Restore what :func:`save_checkpoint` wrote, from `latest`, into ``p`` (``p.step`` too).
+
+    Raises:
+        FileNotFoundError: no checkpoint under --save (the message says how to get one).
+    """
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from packft.ckpt.torch_dist import safe_dcp_load
+
+    found = latest_checkpoint(cfg)
+    if found is None:
+        raise FileNotFoundError(
+            f"--resume: {checkpoint_root(cfg) / 'latest'} not found; no checkpoint was saved "
+            f"under --save {cfg.save} (use --save-interval N), or drop --resume to start fresh"
+        )
+    ckpt = Path(found)
+    msd, osd = get_state_dict(p.model, p.optimizer)
+    state = {"model": msd, "optim": osd}
+    safe_dcp_load(state, ckpt)  # DCP metadata and non-tensor items without arbitrary unpickling
+    set_state_dict(
+        p.model, p.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+    trainer = load_weights_only(ckpt / "trainer_state.pt")
+    p.scheduler.load_state_dict(trainer["scheduler"])
+    p.sampler.load_state_dict(trainer["sampler"])
+    p.step = int(trainer["step"])
+    threads = trainer.get("torch_threads")
+    if threads is not None and threads != torch.get_num_threads():
+        # CPU kernels sum in a thread-count-dependent order: the run continues exactly, but not
+        # bit-identically to an uninterrupted one (set OMP_NUM_THREADS to match for that).
+        log.warning(
+            "resuming with %d torch threads; the checkpoint was written with %d, so the weights "
+            "will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS=%d for that)",
+            torch.get_num_threads(), threads, threads,
+        )  # fmt: skip
+    rng = ckpt / f"rng_rank{env.rank:05d}.pt"
+    if rng.exists():  # a different world size keeps the fresh RNG (data order is unaffected)
+        set_rng_state(load_weights_only(rng, extra_globals=_legacy_numpy_globals()))
+    log.info("resumed from %s at step %d", ckpt, p.step)
+
+
+def save_final(cfg: TrainConfig, env: DistEnv, model: torch.nn.Module) -> str:
+    """Full weights as HF safetensors in {save}/hf (and mcore in {save}/mcore with --save-mcore)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=opts)
+    out = Path(cfg.save) / "hf"
+    if env.main:
+        core = model.module if hasattr(model, "module") else model
+        tmp = Path(cfg.save) / ".tmp-hf"
+        shutil.rmtree(tmp, ignore_errors=True)
+        core.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        config = json.loads((tmp / "config.json").read_text())
+        config.pop("_attn_implementation", None)  # loadable without packft
+        config.pop("attn_implementation", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if cfg.tokenizer_name_or_path:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path).save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+        if cfg.save_mcore:
+            from packft.ckpt.convert import save_hf_as_mcore
+
+            save_hf_as_mcore(out, Path(cfg.save) / "mcore", cfg.tensor_model_parallel_size,
+                             cfg.pipeline_model_parallel_size, overwrite=True)  # fmt: skip
+    barrier()
+    return str(out)
