@@ -20,8 +20,8 @@ Local clusters are private to the run and leave this process as they found it:
 - **Network.** Ray's servers listen on the machine's address by default; a local instance here
   starts in Ray's single-machine mode (see ``flows.ray_local``), so every Ray port is bound to
   127.0.0.1. Dask's LocalCluster binds 127.0.0.1 too. Both dashboards are off.
-- **Prefect API.** Worker processes get this process's ``PREFECT_API_URL``: without it each
-  would start its own temporary Prefect server and report task runs there.
+- **Worker environment.** Worker processes get this process's ``PREFECT_API_URL`` (without it each
+  would start its own temporary Prefect server) and the checkout on ``PYTHONPATH`` (``tasks``).
 
 Measured on 2 shared cores: a LocalCluster adds ~5-10 s of start-up to a flow run, a local Ray
 instance 5 s (idle) to 26 s (load ~8), and each worker's first task imports Prefect and the
@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from packft.core import ConfigError
@@ -87,6 +88,19 @@ def make_task_runner(kind: str, parallel: int, address: str | None = None) -> An
     raise ConfigError(f"task_runner must be one of threads, dask, ray; got {kind!r}")
 
 
+def local_worker_env() -> dict[str, str]:
+    """Environment for the worker processes of a local cluster: this run's Prefect API and the
+    checkout's root on ``PYTHONPATH``, since ``flows``/``tasks`` run from the checkout (only
+    ``packft`` is installed) and Ray starts its workers from its own session directory."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+    api_url = current_api_url()
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
 def dask_task_runner(parallel: int, address: str | None) -> Any:
     """A DaskTaskRunner on ``address``, else on an environment-preserving LocalCluster."""
     try:
@@ -99,7 +113,6 @@ def dask_task_runner(parallel: int, address: str | None) -> Any:
         return DaskTaskRunner(address=address)
     from flows.dask_local import EnvSafeLocalCluster
 
-    api_url = current_api_url()
     return DaskTaskRunner(
         cluster_class=EnvSafeLocalCluster,
         cluster_kwargs={
@@ -107,7 +120,7 @@ def dask_task_runner(parallel: int, address: str | None) -> Any:
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
-            "env": {"PREFECT_API_URL": api_url} if api_url else {},
+            "env": local_worker_env(),
         },
     )
 
@@ -121,10 +134,9 @@ def ray_task_runner(parallel: int, address: str | None) -> Any:
         return RayTaskRunner(address=address)
     from flows.ray_local import EnvSafeRayTaskRunner
 
-    api_url = current_api_url()
     return EnvSafeRayTaskRunner(
         init_kwargs={"num_cpus": max(1, parallel), "include_dashboard": False},
-        worker_env={"PREFECT_API_URL": api_url} if api_url else {},
+        worker_env=local_worker_env(),
     )
 
 

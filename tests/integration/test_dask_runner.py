@@ -22,7 +22,9 @@ def test_dask_local_cluster_matches_threads(
     prefect_api: None, mlflow_uri: str, fresh_inputs: list[Path], tmp_path: Path
 ) -> None:
     from flows.pack_dataset import pack_dataset
+    from packft.track.tracking_link import apply_http_defaults
 
+    apply_http_defaults()  # packft's own, deliberate MLflow settings: not the cluster's doing
     fresh_inputs[2].unlink()  # two files: one per Dask worker
     cfg = pack_config(fresh_inputs[0].parent, tmp_path)
     on_dask = cfg.model_copy(update={"run": cfg.run.model_copy(update={"task_runner": "dask"})})
