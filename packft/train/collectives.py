@@ -18,6 +18,7 @@ Cost: one collective per dtype present (at most two per call).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -68,11 +69,12 @@ def all_reduce_(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) ->
 def sum_over_ranks(
     values: Sequence[int | float | torch.Tensor], device: torch.device
 ) -> list[int | float]:
-    """Sum each value over ranks: ints exactly (int64), floats and 0-d tensors as fp32.
+    """Sum each value over ranks: integers (Python or NumPy) exactly as int64, floats and 0-d
+    tensors as fp32.
 
     Returns Python ints for the int entries and floats for the others, in the input order.
     """
-    is_int = [isinstance(v, int) and not isinstance(v, torch.Tensor) for v in values]
+    is_int = [isinstance(v, numbers.Integral) for v in values]
     out: list[int | float] = [0] * len(values)
     ints = [i for i, flag in enumerate(is_int) if flag]
     floats = [i for i, flag in enumerate(is_int) if not flag]

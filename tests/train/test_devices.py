@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from packft.train import collectives
+from packft.train import attention, collectives
 from packft.train.device import NpuChip, resolve_bf16
+from tests.train.test_attention import emulate_npu_fusion_attention, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 SEQ = 256
@@ -162,7 +163,154 @@ def test_importing_the_trainer_survives_a_torch_npu_without_cann(tmp_path):
     assert user_value.returncode != 0  # a value the user set is respected, not overridden
 
 
+# ------------------------------------------------------------------ kernel dtypes and calls
+def cann7_npu_kernel(calls: list):
+    """The op emulator, refusing what CANN 7.x documents no support for: q, k, v not all fp16 or
+    all bf16. Records (dtypes, actual_seq_qlen) per call."""
+
+    def kernel(**kw):
+        dtypes = {kw[name].dtype for name in ("query", "key", "value")}
+        calls.append((sorted(str(d) for d in dtypes), list(kw["actual_seq_qlen"])))
+        if len(dtypes) != 1 or not dtypes <= {torch.float16, torch.bfloat16}:
+            raise RuntimeError(f"npu_fusion_attention: q/k/v dtypes {dtypes} are not supported")
+        wide = {name: kw[name].float() for name in ("query", "key", "value")}
+        out = emulate_npu_fusion_attention(**{**kw, **wide})  # fp32 accumulation, as the kernel
+        return (out[0].to(kw["query"].dtype), *out[1:])
+
+    return kernel
+
+
+HOOK_INPUTS: list[list[str]] = []
+
+
+def recording_hook(module, query, key, value, *args, **kwargs):
+    """packed_attention, recording the dtypes transformers hands it (before packft casts)."""
+    HOOK_INPUTS.append([str(t.dtype) for t in (query, key, value)])
+    return attention.packed_attention(module, query, key, value, *args, **kwargs)
+
+
+def test_kernel_gets_the_autocast_dtype_under_bf16_autocast(monkeypatch):
+    """A tiny Llama under bf16 autocast: RoPE hands fp32 q/k (and bf16 v) to the attention hook;
+    the NPU kernel seam receives all three in bf16, and the logits match the per-segment path."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("packft_record_dtypes", recording_hook)
+    model = tiny_model("llama", 64, "packft_record_dtypes")
+    lengths = [5, 11, 4, 12]  # two rows of 16, each holding two samples
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    positions = torch.cat([torch.arange(n) for n in lengths]).view(2, 16)
+    cu = torch.tensor([0, 5, 16, 20, 32])
+    calls: list = []
+    monkeypatch.setattr(attention, "npu_kernel", lambda: cann7_npu_kernel(calls))
+    HOOK_INPUTS.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = {
+            backend: model(
+                input_ids=ids, position_ids=positions, use_cache=False, packft_backend=backend,
+                **attention.packed_model_kwargs(cu, 12),
+            ).logits.float()
+            for backend in ("npu", "sdpa")
+        }  # fmt: skip
+    assert HOOK_INPUTS[0] == ["torch.float32", "torch.float32", "torch.bfloat16"]  # the hazard
+    assert len(calls) == 2  # one call per layer
+    assert all(dtypes == ["torch.bfloat16"] for dtypes, _ in calls), calls
+    assert all(ends == [5, 16, 20, 32] for _, ends in calls)
+    diff = (logits["npu"] - logits["sdpa"]).abs().mean() / logits["sdpa"].abs().mean()
+    # the same attention up to bf16 rounding (measured 1.5e-2; a wrong segment list: 0.15-0.38)
+    assert diff < 5e-2, diff
+    # the check can fail: without the cast the same call is refused as CANN 7.x refuses it
+    monkeypatch.setattr(attention, "kernel_dtype", lambda device_type, query_dtype: query_dtype)
+    refused = pytest.raises(RuntimeError, match="not supported")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), refused:
+        model(input_ids=ids, position_ids=positions, use_cache=False, packft_backend="npu",
+              **attention.packed_model_kwargs(cu, 12))  # fmt: skip
+
+
+def test_kernel_dtype_without_autocast_is_the_query_dtype():
+    assert attention.kernel_dtype("cpu", torch.float32) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention.kernel_dtype("cpu", torch.float32) == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert attention.kernel_dtype("cpu", torch.float32) == torch.float16
+
+
+def test_more_than_1024_segments_are_split_into_whole_segment_groups():
+    lengths = torch.randint(1, 4, (2500,), generator=torch.Generator().manual_seed(1)).tolist()
+    ends = torch.tensor(lengths).cumsum(0).tolist()
+    groups = attention.segment_groups(ends, attention.NPU_MAX_SEGMENTS)
+    assert attention.NPU_MAX_SEGMENTS == 1024
+    assert [len(local) for _, _, local in groups] == [1024, 1024, 452]
+    assert [(a, b) for a, b, _ in groups] == [(0, ends[1023]), (ends[1023], ends[2047]),
+                                              (ends[2047], ends[-1])]  # fmt: skip
+    rebuilt = [a + e for a, _, local in groups for e in local]
+    assert rebuilt == ends  # every segment once, in order, cut only at segment ends
+    assert attention.segment_groups(ends[:1024], 1024) == [(0, ends[1023], ends[:1024])]
+
+
+def test_split_calls_equal_one_call(monkeypatch):
+    """The calls split at the segment limit give the output and gradients of a single call."""
+    monkeypatch.setattr(attention, "NPU_MAX_SEGMENTS", 3)
+    ends = [3, 7, 8, 15, 20, 22, 30, 31, 40, 48]
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(48, 4, 8, generator=g, requires_grad=True)
+    k, v = torch.randn(48, 2, 8, generator=g), torch.randn(48, 2, 8, generator=g)
+    calls: list = []
+
+    def kernel(**kw):
+        calls.append(list(kw["actual_seq_qlen"]))
+        assert kw["query"].shape[0] == kw["actual_seq_qlen"][-1]  # each call is whole segments
+        return emulate_npu_fusion_attention(**kw)
+
+    out = attention.npu_varlen(q, k, v, ends, 0.3, kernel=kernel)
+    one = emulate_npu_fusion_attention(**attention.npu_fusion_arguments(q, k, v, ends, 0.3))[0]
+    assert calls == [[3, 7, 8], [7, 12, 14], [8, 9, 18], [8]]
+    assert torch.equal(out, one)
+    (grad_split,) = torch.autograd.grad(out.square().sum(), q)
+    (grad_one,) = torch.autograd.grad(one.square().sum(), q)
+    assert torch.equal(grad_split, grad_one)
+
+
 # ------------------------------------------------------------------ chip capability
+def test_unsupported_chip_falls_back_with_one_warning():
+    """torch.npu faked the way torch_npu registers it, reporting a chosen SoC and bf16 support:
+    the attention backend and the default precision follow the chip, each said once."""
+    code = """
+        import logging, torch
+        from packft.train import attention, device
+
+        logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s")
+
+        class FakeNpu:
+            name, bf16 = "Ascend910B2", True
+            def is_available(self):
+                return True
+            def get_device_name(self, index=0):
+                return self.name
+            def is_bf16_supported(self):
+                return self.bf16
+
+        torch.utils.rename_privateuse1_backend("npu")
+        torch._register_device_module("npu", FakeNpu())
+        npu = torch.device("npu", 0)
+        for name, bf16 in [("Ascend910B2", True), ("Ascend910A", False), ("Ascend910_9392", True)]:
+            torch.npu.name, torch.npu.bf16 = name, bf16
+            device.npu_chip.cache_clear()
+            picks = [attention.select_backend(npu, torch.bfloat16, 64) for _ in range(2)]
+            print(name, *picks, device.resolve_bf16("npu", None), device.resolve_bf16("npu", False))
+    """
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "Ascend910B2 npu npu True False",
+        "Ascend910A sdpa sdpa False False",
+        "Ascend910_9392 npu npu True False",
+    ]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("LOG WARNING")]
+    assert len(warnings) == 2, proc.stderr  # one per fallback, not one per call
+    assert "not Ascend910A" in warnings[0] and "SDPA" in warnings[0]
+    assert "Ascend910A has no bf16: training in fp32" in warnings[1]
+
+
 def test_bf16_default_follows_the_chip():
     a2, old = NpuChip("Ascend910B2", bf16=True), NpuChip("Ascend910A", bf16=False)
     assert resolve_bf16("npu", None, a2) is True
