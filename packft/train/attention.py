@@ -7,10 +7,16 @@ exactly `softmax(q k^T * scale + causal-within-segment mask) v`; the result equa
 sample alone (tests/train/test_attention.py checks loss and every gradient, rel. diff < 1e-5 on
 CPU).
 
+Dtype: under autocast q, k and v are all cast to the autocast dtype before any kernel sees them
+(`kernel_dtype`: RoPE's fp32 cos/sin would otherwise hand fp32 q/k to kernels that take only
+fp16/bf16); without autocast k and v follow q.
+
 Dispatch by the device of the query (override with kwarg `packft_backend`):
   npu  -> torch_npu.npu_fusion_attention, layout "TND", actual_seq_qlen/kvlen = cumulative ends
           without the leading 0 (Python lists), compressed 2048x2048 causal mask (True = masked),
-          sparse_mode 3 (right-down causal; same as 2 when Sq == Skv per segment), scale given.
+          sparse_mode 3 (right-down causal; same as 2 when Sq == Skv per segment), scale given;
+          at most 1024 segments per call (more are split into several calls, exactly); on a chip
+          the op is not documented for (not Atlas A2/A3), the sdpa path below, with one warning.
   cuda -> torch.nn.attention.varlen.varlen_attn (keywords chosen by inspect.signature, causal via
           window_size=(-1, 0) or is_causal=True), else flash_attn.flash_attn_varlen_func, else
           flex_attention with a document mask.
@@ -22,13 +28,15 @@ ends is made once per batch, not once per layer (no device sync inside the layer
 Cost: CPU path ~1 SDPA call per segment per layer; GPU/NPU paths are one fused kernel per layer.
 Measured (CPU fp32, tiny Llama/Qwen2, 7 real Alpaca samples in 2-3 rows of 256): loss rel. diff
 <= 1.2e-7 and worst per-parameter gradient rel. diff <= 2.6e-6 vs. samples run alone; naive
-packing is off by 1e-3 to 1.3e-2 in the loss and ~1 in the gradients. Not run on NPU or GPU here.
+packing is off by 1e-3 to 1.3e-2 in the loss and ~1 in the gradients. Not run on NPU or GPU here:
+the NPU arguments, dtypes and call splitting are checked on CPU against an emulator of the op.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -36,9 +44,17 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from packft.train import device as devices
+
+log = logging.getLogger("packft.train")
+
 ATTN_IMPLEMENTATION = "packft_varlen"
 NPU_SPARSE_MODE = 3  # rightDownCausal; with the compressed mask this is causal per segment
 NPU_MASK_SIZE = 2048  # npu_fusion_attention's compressed-mask side for sparse modes 2-4
+# Segments per npu_fusion_attention call. The op doc gives actual_seq_qlen 1..2K entries but "at
+# most 1K in the varlen case", and MindSpeed-LLM warns above 2048 that the operator may abort:
+# longer lists are split into several calls (`segment_groups`), which is exact.
+NPU_MAX_SEGMENTS = 1024
 BACKENDS = ("npu", "varlen_attn", "flash_attn", "flex", "sdpa")
 
 
@@ -77,8 +93,8 @@ def packed_attention(
         )
     b, hq, s, d = query.shape
     hkv = key.shape[1]
-    dtype = query.dtype
-    q = query.transpose(1, 2).reshape(b * s, hq, d)
+    dtype = kernel_dtype(query.device.type, query.dtype)
+    q = query.to(dtype).transpose(1, 2).reshape(b * s, hq, d)
     k = key.to(dtype).transpose(1, 2).reshape(b * s, hkv, d)
     v = value.to(dtype).transpose(1, 2).reshape(b * s, hkv, d)
     if int(cu.shape[0]) < 2:
@@ -110,20 +126,57 @@ def packed_attention(
     return out.view(b, s, hq, d).contiguous(), None
 
 
+def kernel_dtype(device_type: str, query_dtype: torch.dtype) -> torch.dtype:
+    """The dtype q, k and v are handed to the kernel in.
+
+    Under autocast it is the autocast dtype: RoPE multiplies q and k by fp32 cos/sin (computed
+    from the fp32 hidden states), which promotes them to fp32 while v stays bf16, and no vendor
+    kernel is autocast-aware (torch_npu's autocast does not list npu_fusion_attention, CANN 7.x
+    documents only fp16/bf16 for it, and varlen_attn/flash_attn reject fp32, so CUDA would drop to
+    flex). transformers' flash-attention integration casts the same way. Otherwise the query's.
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return query_dtype
+
+
 def select_backend(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
     """Best exact varlen kernel for this device/dtype (see the module docstring)."""
     if device.type == "npu":
-        return "npu"
+        return npu_backend(devices.npu_chip(device.index or 0))
     if device.type != "cuda":
         return "sdpa"
     half = dtype in (torch.float16, torch.bfloat16)
     ok_shape = head_dim % 8 == 0 and head_dim <= 256
     sm80 = torch.cuda.get_device_capability(device) >= (8, 0)
     if half and ok_shape and sm80 and _varlen_attn() is not None:
-        return "varlen_attn"
+        return _chosen("varlen_attn", dtype)
     if half and _has_flash_attn():
-        return "flash_attn"
-    return "flex"
+        return _chosen("flash_attn", dtype)
+    return _chosen("flex", dtype)
+
+
+def npu_backend(chip: devices.NpuChip) -> str:
+    """ "npu" where the fused kernel is known to run, else the exact per-segment SDPA path."""
+    if chip.fused_attention:
+        return "npu"
+    _warn_once(
+        f"npu_fusion_attention is documented for Atlas A2/A3 training chips, not {chip.name}: "
+        "packed attention runs per segment through SDPA (exact, slower)"
+    )
+    return "sdpa"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+@functools.cache
+def _chosen(backend: str, dtype: torch.dtype) -> str:
+    """Say once which CUDA kernel packed attention uses (a silent drop to flex is slow)."""
+    log.info("packed attention on CUDA: %s (%s)", backend, dtype)
+    return backend
 
 
 def _lengths(ends: list[int]) -> list[int]:
@@ -187,6 +240,27 @@ def npu_fusion_arguments(
     }
 
 
+def npu_kernel() -> Callable[..., Any]:
+    """torch_npu.npu_fusion_attention (imported on first use; tests pass an emulator instead)."""
+    import torch_npu
+
+    return torch_npu.npu_fusion_attention
+
+
+def segment_groups(ends: list[int], limit: int) -> list[tuple[int, int, list[int]]]:
+    """Consecutive groups of at most ``limit`` segments: (first token, end token, local ends).
+
+    Exact: attention never crosses a segment boundary (segments never cross rows), so cutting
+    the token range at any boundary and running each part alone gives the same output.
+    """
+    groups, start = [], 0
+    for i in range(0, len(ends), limit):
+        chunk = ends[i : i + limit]
+        groups.append((start, chunk[-1], [e - start for e in chunk]))
+        start = chunk[-1]
+    return groups
+
+
 def npu_varlen(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -196,17 +270,13 @@ def npu_varlen(
     dropout: float = 0.0,
     kernel: Callable[..., Any] | None = None,
 ) -> torch.Tensor:
-    """Run the TND fused kernel; `kernel` defaults to torch_npu.npu_fusion_attention."""
-    if kernel is None:
-        import torch_npu
-
-        kernel = torch_npu.npu_fusion_attention
-    if len(ends) > 2048:
-        raise ValueError(
-            f"{len(ends)} segments in one micro-batch exceed npu_fusion_attention's varlen limit "
-            "(2048): lower --micro-batch-size"
-        )
-    return kernel(**npu_fusion_arguments(q, k, v, ends, scale, dropout))[0]
+    """Run the TND fused kernel, at most NPU_MAX_SEGMENTS segments per call (see the constant)."""
+    kernel = kernel or npu_kernel()
+    outs = [
+        kernel(**npu_fusion_arguments(q[a:b], k[a:b], v[a:b], local, scale, dropout))[0]
+        for a, b, local in segment_groups(ends, NPU_MAX_SEGMENTS)
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
 # ---------------------------------------------------------------- CUDA

@@ -4,7 +4,7 @@ What is saved. Every --save-interval steps, `{save}/checkpoints/iter_{step:07d}/
 
 * model and optimizer state through `torch.distributed.checkpoint` (DCP), written by every rank
   (so DDP and FSDP2 shards alike, via `get_state_dict`);
-* `rng_rank{rank:05d}.pt`: each rank's Python, NumPy, torch (and CUDA) RNG states;
+* `rng_rank{rank:05d}.pt`: each rank's Python, NumPy, torch (and CUDA or NPU) RNG states;
 * `trainer_state.pt` (rank 0): step, LR scheduler, data sampler position, world size, config.
 
 `{save}/checkpoints/latest` holds the name of the newest `iter_*` directory. At the end of a
@@ -65,9 +65,23 @@ def latest_checkpoint(cfg: TrainConfig) -> str | None:
     return str(checkpoint_root(cfg) / latest.read_text().strip()) if latest.exists() else None
 
 
+ACCELERATOR_RNG = ("cuda", "npu")  # device modules whose per-device generators are saved
+
+
+def _accelerator_modules() -> list[tuple[str, Any]]:
+    """(name, torch.<name>) for each accelerator present (torch.npu exists once torch_npu loads)."""
+    found = []
+    for name in ACCELERATOR_RNG:
+        module = getattr(torch, name, None)
+        if module is not None and module.is_available():
+            found.append((name, module))
+    return found
+
+
 def rng_state() -> dict[str, Any]:
-    """Every RNG a step may draw from (Python, NumPy, torch, CUDA when present), as tensors and
-    plain values only, so the file loads with ``torch.load(weights_only=True)``."""
+    """Every RNG a step may draw from (Python, NumPy, torch, each CUDA or NPU device present; NPU
+    dropout draws from the NPU generators), as tensors and plain values only, so the file loads
+    with ``torch.load(weights_only=True)``."""
     kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next)
@@ -75,8 +89,8 @@ def rng_state() -> dict[str, Any]:
                   "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
     }  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    for name, module in _accelerator_modules():
+        state[name] = module.get_rng_state_all()
     return state
 
 
@@ -90,8 +104,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
                        numpy_state["has_gauss"], numpy_state["gauss"])  # fmt: skip
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, module in _accelerator_modules():
+        if name in state:
+            module.set_rng_state_all(state[name])
 
 
 def _legacy_numpy_globals() -> list[Any]:

@@ -7,8 +7,10 @@ only and RoPE positions restart per sample. The loss is a token mean over the gl
 the backward pass and all-reduced over data-parallel ranks, so 1 rank and N ranks with the same
 global batch follow the same curve. AdamW, linear warmup + cosine decay to --min-lr, gradient
 accumulation (global = micro x dp x accumulation), gradient clipping, bf16 autocast on accelerators
-(fp32 on CPU). Distributed with torchrun: DDP by default, FSDP2 `fully_shard` per decoder layer with
---use-torch-fsdp2; backend hccl/nccl/gloo follows the device.
+(fp32 on CPU and on NPUs without bf16; q/k/v reach the attention kernel in the autocast dtype).
+Distributed with torchrun: DDP by default, FSDP2 `fully_shard` per decoder layer with
+--use-torch-fsdp2, on a mesh of the training device type; backend hccl/nccl/gloo follows the
+device, and the loop's own all-reduces are int64 counts and fp32 sums (HCCL refuses fp64).
 
 Checkpoints live in `packft.train.checkpoint`: every --save-interval steps
 `{save}/checkpoints/iter_{step:07d}` (written atomically), at the end `{save}/hf` (with
@@ -41,8 +43,8 @@ import torch  # noqa: E402, I001
 import torch.distributed as dist  # noqa: E402
 
 from packft.track import metric_names
-from packft.train import device as devices  # sets TORCH_DEVICE_BACKEND_AUTOLOAD before torch loads
-from packft.train import history
+from packft.train import collectives, history
+from packft.train import device as devices  # packft/__init__ set TORCH_DEVICE_BACKEND_AUTOLOAD
 from packft.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -85,7 +87,7 @@ def setup_distributed(cfg: TrainConfig) -> DistEnv:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(devices.dist_backend(device_type))
     rank = dist.get_rank() if dist.is_initialized() else 0
-    bf16 = cfg.bf16 if cfg.bf16 is not None else device_type != "cpu"
+    bf16 = devices.resolve_bf16(device_type, cfg.bf16)
     return DistEnv(rank=rank, world=world, device=device, bf16=bf16)
 
 
@@ -193,9 +195,10 @@ def wrap_model(core: torch.nn.Module, cfg: TrainConfig, env: DistEnv) -> torch.n
         mp = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16 if env.bf16 else None, reduce_dtype=torch.float32
         )
+        mesh = devices.data_parallel_mesh(env.device.type, env.world)  # not torch's default type
         for layer in core.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        return fully_shard(core, mp_policy=mp)
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        return fully_shard(core, mesh=mesh, mp_policy=mp)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = None if env.device.type == "cpu" else [env.device.index]
@@ -313,12 +316,10 @@ def grad_sync(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def all_reduce_sum(values: list, env: DistEnv) -> list[float]:
-    """Sum Python numbers / 0-d tensors over ranks (float64), returned as floats."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=env.device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return [float(x) for x in t.tolist()]
+def all_reduce_sum(values: list, env: DistEnv) -> list[int | float]:
+    """Sum over ranks: Python ints exactly (int64), floats / 0-d tensors as fp32 (never fp64,
+    which HCCL refuses: :mod:`packft.train.collectives`)."""
+    return collectives.sum_over_ranks(values, env.device)
 
 
 @contextlib.contextmanager
