@@ -51,6 +51,7 @@ from packft.train.checkpoint import (
 )
 from packft.train.config import TrainConfig
 from packft.train.data import token_ids
+from packft.train.recompute import apply_recompute, recompute_layers
 from packft.train.state import DistEnv, Parts
 
 log = logging.getLogger("packft.train")
@@ -172,6 +173,8 @@ def build(cfg: TrainConfig, env: DistEnv) -> Parts:
         cfg.seed, cfg.shuffle,
     )  # fmt: skip
     core = load_model(cfg).to(env.device)
+    layers = recompute_layers(cfg.recompute_method, cfg.recompute_num_layers)
+    apply_recompute(core, cfg.recompute_granularity, layers)
     model = wrap_model(core, cfg, env)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),

@@ -61,6 +61,12 @@ def checkpoint_forward(module: torch.nn.Module) -> None:
     module._packft_recompute = True
 
 
+def recompute_layers(method: str | None, num_layers: int | None) -> int | None:
+    """How many leading layers to wrap: ``--recompute-method uniform`` checkpoints every layer
+    (Megatron replays groups of N; per-layer checkpoints keep as little), ``block`` the first N."""
+    return None if method == "uniform" else num_layers
+
+
 def apply_recompute(
     model: torch.nn.Module, granularity: Granularity | None, num_layers: int | None = None
 ) -> int:
