@@ -42,7 +42,7 @@ import torch.distributed as dist  # noqa: E402
 
 from packft.track import metric_names
 from packft.train import device as devices  # sets TORCH_DEVICE_BACKEND_AUTOLOAD before torch loads
-from packft.train import history
+from packft.train import history, memory
 from packft.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -61,6 +61,7 @@ def train(cfg: TrainConfig) -> dict[str, Any] | None:
     """Set up, build, run the step loop, save; returns the summary on rank 0 (None elsewhere)."""
     env = setup_distributed(cfg)
     require_inputs(cfg)  # before any tracking store, run or save dir exists
+    memory.announce(cfg, env.device.type, env.world, env.bf16, env.main)  # refuses a misfit
     tracker, status = open_tracker(cfg, env), "FAILED"
     try:
         parts = build(cfg, env)
