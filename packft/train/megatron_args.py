@@ -70,7 +70,6 @@ FLAGS: dict[str, tuple[bool, str]] = {
     "--attention-dropout": (True, "used"),
     "--hidden-dropout": (True, "used"),
     "--use-flash-attn": (False, "used"),
-    "--distributed-backend": (True, "used"),
     # Megatron/MindSpeed internals without a counterpart here
     "--sequence-parallel": (False, "ignored"),
     "--context-parallel-size": (True, "ignored"),
@@ -103,6 +102,7 @@ FLAGS: dict[str, tuple[bool, str]] = {
     "--no-check-for-nan-in-loss-and-grad": (False, "ignored"),
     "--manual-gc": (False, "ignored"),
     "--tensorboard-dir": (True, "ignored"),
+    "--distributed-backend": (True, "ignored"),  # packft picks hccl/nccl/gloo by device
 }
 
 # shape flag -> HF config key it must equal
