@@ -126,3 +126,21 @@ def test_unsupported_values_and_unknown_flags_are_one_line_errors(setup, capsys)
     assert usage.value.code == 2
     assert "unrecognized arguments: --no-such-megatron-flag" in capsys.readouterr().err
     assert not (root / "y").exists()
+
+
+def test_recompute_flags_reach_the_loop_and_keep_the_loss(setup, assets_dir, capsys):
+    """MindSpeed's --recompute-activations (selective) and --recompute-granularity full train
+    with the same fp32 first-step loss as no recomputation."""
+    root = setup["root"]
+    base = ["train", *flatten(tiny_groups(assets_dir), root, setup), "--seq-length", str(SEQ),
+            "--micro-batch-size", "1", "--global-batch-size", "2", "--train-iters", "1",
+            "--no-tracking", "--fp32", "--no-shuffle"]  # fmt: skip
+    losses = {}
+    for name, extra in (("none", []), ("selective", ["--recompute-activations"]),
+                        ("full", ["--recompute-granularity", "full"])):  # fmt: skip
+        assert cli_main([*base, *extra, "--save", str(root / f"r_{name}")]) == 0
+        losses[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["first_loss"]
+        config = json.loads((root / f"r_{name}" / "train_config.json").read_text())
+        assert config["recompute_granularity"] == (None if name == "none" else name)
+    assert losses["selective"] == pytest.approx(losses["none"], rel=1e-6)
+    assert losses["full"] == pytest.approx(losses["none"], rel=1e-6)
