@@ -135,3 +135,13 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(small_run, 
     assert not (root / "huge").exists()
     assert cli_main([*base, "--save", str(root / "huge"), *huge, "--dry-run"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_a_tight_plan_may_not_fit_but_is_not_refused():
+    shape = ModelShape.from_hf_config(LLAMA2_7B)
+    run = RunShape(micro_batch=1, seq_length=4096, world=8, fsdp=True, bf16=True)
+    total = plan(shape, run, None, "x").total
+    tight = plan(shape, run, int(total / 1.1), "tight device")
+    assert tight.fits is None and tight.lines()[-1].endswith("may not fit (tight)")
+    require_fit(tight, run)  # within the estimate's error: warned, not refused
+    assert plan(shape, run, int(total / 1.3), "small").fits is False
