@@ -11,6 +11,9 @@ Two checks, one JSON object on stdout:
              vs packed-naive (real tokens/s, MFU, peak memory), then packed-isolated again with
              `--recompute-granularity full`. Targets: isolated >= 2x padded tokens/s and >= 95%
              of naive.
+  memory     packft.train.memory's estimate of one training step (micro-batch 2 x seq 4096,
+             without and with full recomputation) against torch.cuda.max_memory_allocated
+             (reported; the plan's CPU check is tests/train/test_memory.py).
 Exit status 0 when every attention path passes and both targets are met, else 1.
 
     python benchmarks/gpu_check.py            # one H100/H200: about 3-5 minutes (target < 8)
@@ -41,6 +44,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from packft.train import device as devices  # noqa: E402
 from packft.train.attention import ATTN_IMPLEMENTATION, packed_model_kwargs  # noqa: E402
 from packft.train.data import collate, loss_sum  # noqa: E402
+from packft.train.memory import ModelShape, RunShape, estimate  # noqa: E402
 from packft.train.recompute import apply_recompute  # noqa: E402
 
 TOLERANCES = (1e-5, 1e-4, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2)
@@ -94,6 +98,44 @@ def attention_check(model, samples, backends, seq: int, device, autocast, dtype:
         out[backend] = {"loss_packed": p, "loss_unpacked": u, "rel_diff": rel, "tolerance": met,
                         "ok": rel <= PASS_TOLERANCE[dtype]}  # fmt: skip
     return out
+
+
+def measured_step_peak(model, batch, device, autocast) -> int:
+    """Peak bytes of a training step with AdamW states present (CUDA: max_memory_allocated;
+    CPU: torch's MemTracker), as packft's loop runs it."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    step = {"packed": [batch]}
+    bench_train.train_step(model, optimizer, "packed_isolated", step, device, autocast)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        bench_train.train_step(model, optimizer, "packed_isolated", step, device, autocast)
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer)
+    with tracker:
+        bench_train.train_step(model, optimizer, "packed_isolated", step, device, autocast)
+    return int(tracker.get_tracker_snapshot("peak")[device]["Total"])
+
+
+def memory_check(model, config, batch, run, device, autocast, granularity) -> dict:
+    """packft.train.memory's plan for this step against the measured peak."""
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    shape = RunShape(micro_batch=len(batch.input_ids), seq_length=run.seq_length,
+                     bf16=device.type == "cuda", recompute=granularity,
+                     core_attention="fused" if device.type == "cuda" else "sdpa")  # fmt: skip
+    estimated = sum(estimate(ModelShape.from_hf_config(config.to_dict()), shape)[:4])
+    measured = measured_step_peak(model, batch, device, autocast)
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    ratio = estimated / measured
+    return {"estimated_bytes": estimated, "measured_peak_bytes": measured, "ratio": ratio,
+            "within_25_percent": 0.75 <= ratio <= 1.25}  # fmt: skip
 
 
 def bench(model, args, device, autocast) -> dict:
@@ -158,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         n_params=sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n),
         layers=config.num_hidden_layers, hidden=config.hidden_size,
     )  # fmt: skip
-    speed = bench(model, args, device, autocast)
+    rows = bench_train.pack_bfd(bench_train.alpaca_samples(run.seq_length), run.seq_length)
+    plan_batch = collate(rows[: run.micro_batch_size])
+    memory = {"none": memory_check(model, config, plan_batch, run, device, autocast, None)}
+    speed = bench(model, args, device, autocast)  # ends with full recomputation applied
+    memory["full"] = memory_check(model, config, plan_batch, run, device, autocast, "full")
     passed = all(a["ok"] for a in attention.values())
     if not opts.tiny:
         passed = passed and all(speed["targets_met"].values())
@@ -170,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention": attention,
         "pass_tolerance": PASS_TOLERANCE[dtype],
         "bench": speed,
+        "memory_plan": memory,
         "passed": passed,
         "elapsed_s": time.perf_counter() - started,
     }

@@ -37,3 +37,6 @@ def test_gpu_check_tiny_runs_on_cpu_and_reports_every_figure():
     )
     assert set(result["bench"]["targets_met"]) == {"isolated_vs_padded>=2.0",
                                                    "isolated_vs_naive>=0.95"}  # fmt: skip
+    for granularity in ("none", "full"):
+        check = result["memory_plan"][granularity]
+        assert check["measured_peak_bytes"] > 0 and check["within_25_percent"], check
