@@ -45,7 +45,7 @@ class TrainConfig(BaseModel):
         None, ge=0, description="recompute only the first N decoder layers (default: all)"
     )
     recompute_method: Literal["block", "uniform"] | None = Field(
-        None, description="MindSpeed name; packft recomputes the first N layers (block)"
+        None, description="block: the first --recompute-num-layers layers; uniform: every layer"
     )
     loss_reduction: Literal["token", "sample"] = Field("token", description="loss averaging")
     pack_mode: Literal["auto", "neat", "eos", "unpacked"] = Field(

@@ -254,3 +254,19 @@ def _translate(v: dict[str, Any], args: argparse.Namespace) -> None:
         args.recompute_granularity = "selective"
     if v.get("neat_pack") and "pack_mode" not in given:
         args.pack_mode = "neat"
+
+
+def megatron_flags(
+    granularity: str | None, num_layers: int | None, method: str | None
+) -> list[str]:
+    """The same recomputation for MindSpeed's trainer (``--engine mindspeed``). Megatron's full
+    recomputation needs a method: every layer is ``uniform`` with groups of 1 layer."""
+    if granularity is None:
+        return []
+    if granularity == "selective":
+        return ["--recompute-granularity", "selective"]
+    if num_layers is None or method == "uniform":
+        return ["--recompute-granularity", "full", "--recompute-method", "uniform",
+                "--recompute-num-layers", "1"]  # fmt: skip
+    return ["--recompute-granularity", "full", "--recompute-method", "block",
+            "--recompute-num-layers", str(num_layers)]  # fmt: skip

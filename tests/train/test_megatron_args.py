@@ -144,3 +144,13 @@ def test_recompute_flags_reach_the_loop_and_keep_the_loss(setup, assets_dir, cap
         assert config["recompute_granularity"] == (None if name == "none" else name)
     assert losses["selective"] == pytest.approx(losses["none"], rel=1e-6)
     assert losses["full"] == pytest.approx(losses["none"], rel=1e-6)
+
+
+def test_recomputation_reaches_mindspeeds_command():
+    from packft.train.megatron_args import megatron_flags
+
+    assert megatron_flags(None, 3, None) == []
+    assert megatron_flags("selective", None, None) == ["--recompute-granularity", "selective"]
+    assert megatron_flags("full", 3, None)[-4:] == ["--recompute-method", "block",
+                                                    "--recompute-num-layers", "3"]  # fmt: skip
+    assert megatron_flags("full", None, None)[-3:] == ["uniform", "--recompute-num-layers", "1"]
