@@ -27,7 +27,8 @@ d_kv = kv heads x head dim, f FFN width, H heads, V vocab; a = 2 bytes under bf1
   total        parameters + gradients + optimizer + activations (gradients are counted whole:
                the peak comes early in backward when few exist, so this errs on the safe side)
 Checked against torch's MemTracker on CPU for tiny Llamas (tests/train/test_memory.py: within
-25% of the measured peak, with and without recomputation); not yet measured on a GPU or NPU.
+25% of the measured peak, with and without recomputation; 2-16% over in practice). Not yet
+compared on a GPU or NPU: benchmarks/gpu_check.py reports it against max_memory_allocated.
 
 A run whose total exceeds the device memory by more than the estimate's error (MARGIN, 25%) is
 refused before anything is loaded, with the components and what to change (recomputation, a
