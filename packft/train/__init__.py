@@ -11,8 +11,10 @@ train``: picks the engine), :mod:`~packft.train.loop` (the native step loop),
 :mod:`~packft.train.attention` (varlen attention per sample), :mod:`~packft.train.device`
 (NPU/CUDA/CPU), :mod:`~packft.train.state` (what the loop and the checkpoints share),
 :mod:`~packft.train.checkpoint` (atomic save, exact resume, final export),
-:mod:`~packft.train.mindspeed` (``--engine mindspeed``) and :mod:`~packft.train.history` (what
-a run records; ``packft track-import``). Imports go one way: config and state <- data,
+:mod:`~packft.train.mindspeed` (``--engine mindspeed``), :mod:`~packft.train.history` (what
+a run records; ``packft track-import``), :mod:`~packft.train.recompute` (activation
+recomputation), :mod:`~packft.train.memory` (the memory plan, ``--dry-run``) and
+:mod:`~packft.train.megatron_args` (MindSpeed launch flags: used, checked, ignored). Imports go one way: config and state <- data,
 checkpoint, mindspeed <- loop <- cli.
 
 :class:`TrainConfig` is imported eagerly; the other names load torch, so they load on first use.

@@ -38,6 +38,15 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "npu", "cuda", "cpu"] = Field("auto", description="device type")
     bf16: bool | None = Field(None, description="bf16 autocast (default: on accelerators only)")
     use_torch_fsdp2: bool = Field(False, description="shard with FSDP2 instead of DDP")
+    recompute_granularity: Literal["full", "selective"] | None = Field(
+        None, description="activation recomputation: full (whole layers) | selective (attention)"
+    )
+    recompute_num_layers: int | None = Field(
+        None, ge=0, description="recompute only the first N decoder layers (default: all)"
+    )
+    recompute_method: Literal["block", "uniform"] | None = Field(
+        None, description="block: the first --recompute-num-layers layers; uniform: every layer"
+    )
     loss_reduction: Literal["token", "sample"] = Field("token", description="loss averaging")
     pack_mode: Literal["auto", "neat", "eos", "unpacked"] = Field(
         "auto", description="sample boundaries: auto|neat|eos|unpacked"

@@ -43,7 +43,7 @@ import torch  # noqa: E402, I001
 import torch.distributed as dist  # noqa: E402
 
 from packft.track import metric_names
-from packft.train import collectives, history
+from packft.train import collectives, history, memory
 from packft.train import device as devices  # packft/__init__ set TORCH_DEVICE_BACKEND_AUTOLOAD
 from packft.train.checkpoint import (
     latest_checkpoint,
@@ -53,6 +53,7 @@ from packft.train.checkpoint import (
 )
 from packft.train.config import TrainConfig
 from packft.train.data import token_ids
+from packft.train.recompute import apply_recompute, recompute_layers
 from packft.train.state import DistEnv, Parts
 
 log = logging.getLogger("packft.train")
@@ -62,6 +63,7 @@ def train(cfg: TrainConfig) -> dict[str, Any] | None:
     """Set up, build, run the step loop, save; returns the summary on rank 0 (None elsewhere)."""
     env = setup_distributed(cfg)
     require_inputs(cfg)  # before any tracking store, run or save dir exists
+    memory.announce(cfg, env.device.type, env.world, env.bf16, env.main)  # refuses a misfit
     tracker, status = open_tracker(cfg, env), "FAILED"
     try:
         parts = build(cfg, env)
@@ -174,6 +176,8 @@ def build(cfg: TrainConfig, env: DistEnv) -> Parts:
         cfg.seed, cfg.shuffle,
     )  # fmt: skip
     core = load_model(cfg).to(env.device)
+    layers = recompute_layers(cfg.recompute_method, cfg.recompute_num_layers)
+    apply_recompute(core, cfg.recompute_granularity, layers)
     model = wrap_model(core, cfg, env)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from packft.track import metric_names
+from packft.train.megatron_args import megatron_flags
 
 ITERATION = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 FIELDS = {
@@ -125,6 +126,7 @@ def build_command(
         cmd.append("--bf16")
     if not cfg.shuffle:
         cmd.append("--no-shuffle")
+    cmd += megatron_flags(cfg.recompute_granularity, cfg.recompute_num_layers, cfg.recompute_method)
     return cmd
 
 
