@@ -17,7 +17,8 @@ accepted as they are; anything else is a usage error that lists the valid names.
 Export (:func:`export_adapter`, rank 0, from the full state dict that ``save_final`` gathers):
 ``{save}/adapter/adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's own layout
 (keys ``base_model.model.<module>.lora_A.weight``), loadable with
-``PeftModel.from_pretrained(base, dir)``; and the merged weights ``W + (alpha / r) B A`` under
+``PeftModel.from_pretrained(base, dir)``, committed as one staged set (a kill never leaves a mix);
+and the merged weights ``W + (alpha / r) B A`` under
 the base model's key names (``{save}/hf``, and ``{save}/mcore`` via the converter), loadable
 without packft or PEFT. Training checkpoints hold only the trained parameters and the optimizer
 (``checkpoint.py``: DCP ``ignore_frozen_params``); the frozen base is read again from
@@ -30,8 +31,6 @@ projections trains 40M of 6.7B parameters (0.6%), and its optimizer state shrink
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +53,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
 HF_TARGETS = tuple(name for names in TARGETS.values() for name in names)
 ADAPTER_NAME = "default"  # PEFT's adapter name; its keys carry it (lora_A.default.weight)
 ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the names PeftModel.from_pretrained reads
+ADAPTER_CONFIG = "adapter_config.json"
 BASE_PREFIX = "base_model.model."  # what PeftModel prepends to the transformers model's keys
 
 
@@ -156,26 +157,33 @@ def adapter_state_dict(
 def export_adapter(
     cfg: TrainConfig, model: torch.nn.Module, state: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Write ``{save}/adapter`` (atomically: temp dir, fsync, rename) and return the merged
-    state dict for ``{save}/hf``. Called on rank 0 with the full (gathered) state dict."""
+    """Write ``{save}/adapter`` and return the merged state dict for ``{save}/hf``. Called on
+    rank 0 with the full (gathered) state dict.
+
+    The two files are one :class:`packft.core.atomic.Stage` (fault points ``lora.adapter.*``)
+    with ``adapter_config.json`` as its marker: the old config goes first and the new one is
+    renamed last, so a kill leaves the previous adapter whole, or no adapter_config.json (PEFT
+    then refuses to load), never new weights under an old config or half a file.
+    """
+    import tempfile
+
     from safetensors.torch import save_file
 
-    from packft.core.atomic import fsync_dir
+    from packft.core.atomic import Stage, sweep
 
     config = lora_config(cfg)
-    out = Path(cfg.save) / ADAPTER_DIR
-    tmp = Path(cfg.save) / f".tmp-{ADAPTER_DIR}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(adapter_state_dict(model, state), tmp / "adapter_model.safetensors",
-              metadata={"format": "pt"})  # fmt: skip
     config.inference_mode = True  # as PeftModel.save_pretrained writes it
-    config.save_pretrained(str(tmp))
-    for path in tmp.iterdir():
-        with path.open("rb") as fh:
-            os.fsync(fh.fileno())
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
+    out = Path(cfg.save) / ADAPTER_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    sweep(out)  # temporaries of a killed export
+    with Stage(out, label="lora.adapter") as stage:
+        save_file(adapter_state_dict(model, state), stage.temp(out / ADAPTER_WEIGHTS),
+                  metadata={"format": "pt"})  # fmt: skip
+        stage.seal(out / ADAPTER_WEIGHTS)
+        with tempfile.TemporaryDirectory(dir=out) as scratch:  # PEFT writes a directory
+            config.save_pretrained(scratch)
+            text = (Path(scratch) / ADAPTER_CONFIG).read_text()
+        stage.temp(out / ADAPTER_CONFIG).write_text(text)
+        stage.seal(out / ADAPTER_CONFIG)
+        stage.commit(marker=out / ADAPTER_CONFIG)
     return merged_state_dict(state, cfg.lora_alpha / cfg.lora_r)
