@@ -9,8 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from packft.train.lora import resolve_targets
-from packft.train.split import parse_split
+from packft.train.flags import parse_split, resolve_targets
 
 
 class TrainConfig(BaseModel):

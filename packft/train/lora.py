@@ -10,9 +10,10 @@ takes frozen and trained parameters in one unit) and the checkpoints treat it li
 the optimizer is built over the trained parameters only. Packed rows give the gradients of the
 samples run one by one (tests/train/test_lora.py).
 
-Target names. MindSpeed-LLM takes Megatron module names; :data:`TARGETS` maps them onto the HF
-modules of a Llama/Qwen2/Mistral model (a fused Megatron layer is several HF ones). HF names are
-accepted as they are; anything else is a usage error that lists the valid names.
+Target names. MindSpeed-LLM takes Megatron module names; :data:`packft.train.flags.TARGETS`
+maps them onto the HF modules of a Llama/Qwen2/Mistral model (a fused Megatron layer is several
+HF ones). HF names are accepted as they are; anything else is a usage error that lists the
+valid names.
 
 Export (:func:`export_adapter`, rank 0, from the full state dict that ``save_final`` gathers):
 ``{save}/adapter/adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's own layout
@@ -31,9 +32,10 @@ projections trains 40M of 6.7B parameters (0.6%), and its optimizer state shrink
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from packft.train.flags import resolve_targets
 
 if TYPE_CHECKING:
     import torch
@@ -42,37 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("packft.train")
 
-TARGETS: dict[str, tuple[str, ...]] = {
-    "linear_qkv": ("q_proj", "k_proj", "v_proj"),  # Megatron's fused query/key/value
-    "linear_proj": ("o_proj",),  # attention output
-    "linear_fc1": ("gate_proj", "up_proj"),  # fused SwiGLU gate/up
-    "linear_fc2": ("down_proj",),
-}
-"""MindSpeed-LLM (Megatron) LoRA target -> the HF modules it covers."""
-
-HF_TARGETS = tuple(name for names in TARGETS.values() for name in names)
 ADAPTER_NAME = "default"  # PEFT's adapter name; its keys carry it (lora_A.default.weight)
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the names PeftModel.from_pretrained reads
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_PREFIX = "base_model.model."  # what PeftModel prepends to the transformers model's keys
-
-
-def resolve_targets(names: Iterable[str]) -> list[str]:
-    """HF module names for MindSpeed and/or HF target names, in table order, once each.
-
-    Raises:
-        ValueError: an unknown name; the message lists the valid ones.
-    """
-    names = list(names)
-    unknown = [n for n in names if n not in TARGETS and n not in HF_TARGETS]
-    if unknown:
-        raise ValueError(
-            f"--lora-target-modules: unknown {', '.join(unknown)}; valid: MindSpeed names "
-            f"{' '.join(TARGETS)} or HF names {' '.join(HF_TARGETS)}"
-        )
-    wanted = {hf for n in names for hf in TARGETS.get(n, (n,))}
-    return [n for n in HF_TARGETS if n in wanted]
 
 
 def lora_enabled(cfg: TrainConfig) -> bool:

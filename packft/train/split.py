@@ -24,40 +24,18 @@ check that two files hold different samples. Cost: one permutation of the row in
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from packft.train.flags import parse_split
 
 if TYPE_CHECKING:
     from packft.train.config import TrainConfig
 
 SPLIT_STREAM = 0x5B117  # the split's own RNG stream key (the sampler uses [seed, epoch])
 PARTS = ("train", "valid", "test")
-
-
-def parse_split(text: str) -> tuple[float, float, float]:
-    """Megatron's ``--split``: up to three non-negative weights, ``,`` or ``/`` separated.
-
-    Raises:
-        ValueError: not numbers, negative, more than three, or no training weight.
-    """
-    pieces = [p for p in re.split(r"[,/]", str(text)) if p.strip()]
-    try:
-        weights = [float(p) for p in pieces]
-    except ValueError:
-        raise ValueError(
-            f"--split {text!r}: expected up to three numbers, e.g. 98,2,0 (train,valid,test)"
-        ) from None
-    if not 1 <= len(weights) <= 3 or any(w < 0 or not np.isfinite(w) for w in weights):
-        raise ValueError(
-            f"--split {text!r}: expected up to three non-negative weights, e.g. 98,2,0"
-        )
-    weights += [0.0] * (3 - len(weights))
-    if weights[0] <= 0:
-        raise ValueError(f"--split {text!r}: the training weight (first) must be positive")
-    return weights[0], weights[1], weights[2]
 
 
 def split_boundaries(weights: tuple[float, float, float], rows: int) -> list[int]:

@@ -22,8 +22,9 @@ from packft.core.constants import IGNORE_INDEX
 from packft.train import attention
 from packft.train.config import TrainConfig
 from packft.train.data import collate, loss_sum
+from packft.train.flags import TARGETS, resolve_targets
 from packft.train.loop import train
-from packft.train.lora import TARGETS, apply_lora, resolve_targets
+from packft.train.lora import apply_lora
 from tests.helpers.sft_setup import make_sft_setup
 from tests.helpers.tiny_models import COMMON, LLAMA2, build_model, tiny
 

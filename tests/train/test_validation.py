@@ -21,8 +21,9 @@ from packft.dataset.indexed import open_sft_dataset
 from packft.train.config import TrainConfig
 from packft.train.data import SFTDataset
 from packft.train.evaluate import eval_due, eval_plan
+from packft.train.flags import parse_split
 from packft.train.loop import train
-from packft.train.split import RowSubset, parse_split, split_boundaries, split_rows
+from packft.train.split import RowSubset, split_boundaries, split_rows
 from tests.helpers.sft_setup import make_sft_setup
 
 
