@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from packft.track import metric_names
-from packft.train.split import eval_enabled, parse_split
+from packft.train.flags import parse_split
+from packft.train.split import eval_enabled
 
 ITERATION = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 FIELDS = {
