@@ -239,3 +239,22 @@ def test_lora_on_two_gloo_ranks_follows_one_rank(setup, sharding):
     a = load_file(setup["root"] / f"lr1-{sharding}" / "adapter" / "adapter_model.safetensors")
     b = load_file(setup["root"] / f"lr2-{sharding}" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_fsdp2_lora_resume_on_two_ranks_gives_the_uninterrupted_adapter(setup):
+    """DCP saves only the sharded adapters and their optimizer state; a stop at step 2 and a
+    --resume on 2 ranks end with the adapter of the run that was never stopped."""
+    extra = ["--use-torch-fsdp2", "--save-interval", "2"]
+    full = _torchrun(setup, 2, "fr-full", extra)
+    stopped = _torchrun(setup, 2, "fr-resumed", [*extra, "--exit-interval", "2"])
+    resumed = _torchrun(setup, 2, "fr-resumed", [*extra, "--resume"])
+    for run in (full, stopped, resumed):
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert (
+        "resumed from" in resumed.stderr
+        and json.loads(resumed.stdout.splitlines()[-1])["steps"] == 3
+    )
+    a = load_file(setup["root"] / "fr-full" / "adapter" / "adapter_model.safetensors")
+    b = load_file(setup["root"] / "fr-resumed" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
