@@ -197,6 +197,15 @@ def test_valid_data_path_evaluates_the_first_eval_iters_batches_of_that_dataset(
     assert abs(summary["valid_loss"] - expected) / expected < 1e-5
 
 
+def test_a_run_without_its_own_summary_takes_the_last_valid_loss_of_its_log():
+    from packft.train.history import summarize
+
+    steps = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "valid_loss": 2.75},
+             {"step": 3, "loss": 2.0}]  # fmt: skip
+    assert summarize(steps)["valid_loss"] == 2.75
+    assert summarize(steps[:1])["valid_loss"] is None
+
+
 def test_without_held_out_rows_nothing_is_evaluated(setup):
     root = setup["root"]
     summary = train(TrainConfig(data_path=str(root / "packed"), model=str(root / "model"),
