@@ -11,9 +11,10 @@ matters. It does nothing unless ``PACKFT_FAULT`` names it::
 
 Points placed so far: every :class:`packft.core.atomic.Stage` has ``<label>.write`` (each write),
 ``.staged``, ``.journal``, ``.unmarked``, ``.renamed`` (after each rename), ``.marker`` and
-``.committed``, with the labels ``dataset``, ``atomic`` (single-file writes), ``rejects`` and
-``rollforward`` (a commit finished by a later process); ``probe.create`` (the output directory
-check) and ``download.write`` (each chunk of a download).
+``.committed``, with the labels ``dataset``, ``atomic`` (single-file writes), ``rejects``,
+``rollforward`` (a commit finished by a later process) and ``lora.adapter`` (a LoRA run's
+``{save}/adapter``); ``probe.create`` (the output directory check) and ``download.write`` (each
+chunk of a download).
 
 Actions: ``kill`` (SIGKILL, no cleanup runs: a power cut as far as the process is concerned),
 ``enospc``, ``erofs``, ``eio`` (raise that ``OSError``, as the kernel would), ``exit`` (``os._exit(3)``).

@@ -41,6 +41,7 @@ STEP = {
     "padding_fraction": "train/padding_fraction",
     "step_time_s": "train/step_time_s",
     "tflops_per_device": "train/tflops_per_device",  # --engine mindspeed, when it prints them
+    "valid_loss": "train/valid_loss",  # held-out loss, at --eval-interval steps and the last one
 }
 """Per-step trainer figures (``train_log.jsonl`` keys) -> metric name (a curve over steps)."""
 
@@ -48,6 +49,7 @@ SUMMARY = {
     "final_loss": "train/final_loss",
     "first_loss": "train/first_loss",
     "tokens_per_s": "train/mean_tokens_per_s",  # real tokens/s over the run, warm-up excluded
+    "valid_loss": "train/final_valid_loss",  # the last evaluation's held-out loss
 }
 """A training run's summary -> metric name."""
 

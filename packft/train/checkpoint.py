@@ -46,6 +46,7 @@ import torch.distributed as dist
 
 from packft.ckpt.safe_pickle import load_weights_only
 from packft.core.atomic import atomic_write_bytes, fsync_dir
+from packft.train.lora import export_adapter, lora_enabled
 
 if TYPE_CHECKING:
     from packft.train.config import TrainConfig
@@ -125,6 +126,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def trained_only(strict: bool = True) -> Any:
+    """DCP state-dict options: the parameters that train (with LoRA the frozen base is not saved;
+    it is read again from --model/--load); without LoRA every parameter trains. Loading passes
+    ``strict=False`` because the frozen parameters are absent by design; every trained one is
+    still required: ``dcp.load`` fails on any key of the template the checkpoint lacks."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
+
+
 def save_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts, step: int) -> Path:
     """DCP model+optimizer, trainer state and RNG into a temp dir, renamed into place."""
     import torch.distributed.checkpoint as dcp
@@ -136,7 +147,7 @@ def save_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts, step: int) -> Path
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    msd, osd = get_state_dict(p.model, p.optimizer)
+    msd, osd = get_state_dict(p.model, p.optimizer, options=trained_only())
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
     torch.save(rng_state(), tmp / f"rng_rank{env.rank:05d}.pt")
     barrier()
@@ -174,12 +185,13 @@ def load_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts) -> None:
             f"under --save {cfg.save} (use --save-interval N), or drop --resume to start fresh"
         )
     ckpt = Path(found)
-    msd, osd = get_state_dict(p.model, p.optimizer)
+    msd, osd = get_state_dict(p.model, p.optimizer, options=trained_only())
     state = {"model": msd, "optim": osd}
     safe_dcp_load(state, ckpt)  # DCP metadata and non-tensor items without arbitrary unpickling
     set_state_dict(
-        p.model, p.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
-    )
+        p.model, p.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+        options=trained_only(strict=False),
+    )  # fmt: skip
     trainer = load_weights_only(ckpt / "trainer_state.pt")
     p.scheduler.load_state_dict(trainer["scheduler"])
     p.sampler.load_state_dict(trainer["sampler"])
@@ -208,6 +220,8 @@ def save_final(cfg: TrainConfig, env: DistEnv, model: torch.nn.Module) -> str:
     out = Path(cfg.save) / "hf"
     if env.main:
         core = model.module if hasattr(model, "module") else model
+        if lora_enabled(cfg):  # {save}/adapter alone; {save}/hf gets the merged weights
+            state = export_adapter(cfg, core, state)
         tmp = Path(cfg.save) / ".tmp-hf"
         shutil.rmtree(tmp, ignore_errors=True)
         core.save_pretrained(tmp, state_dict=state, safe_serialization=True)

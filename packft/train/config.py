@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from packft.train.flags import parse_split, resolve_targets
+
 
 class TrainConfig(BaseModel):
     """Options of `packft train` (Megatron/MindSpeed flag names); also the Prefect flow's input."""
@@ -68,6 +70,26 @@ class TrainConfig(BaseModel):
     tensor_model_parallel_size: int = Field(1, ge=1, description="TP (mindspeed engine)")
     pipeline_model_parallel_size: int = Field(1, ge=1, description="PP (mindspeed engine)")
     nproc_per_node: int = Field(1, ge=1, description="processes per node (mindspeed engine)")
+    split: str = Field(
+        "100,0,0", description="train,valid,test weights of the rows (Megatron's --split)"
+    )
+    valid_data_path: str | None = Field(
+        None, description="held-out dataset prefix to evaluate (instead of a --split share)"
+    )
+    eval_interval: int = Field(
+        1000, ge=1, description="validation loss every N steps and at the end"
+    )
+    eval_iters: int = Field(
+        100, ge=0, description="global batches of held-out rows per evaluation (0 = none)"
+    )
+    lora_target_modules: list[str] = Field(
+        default_factory=list,
+        description="LoRA on these modules: linear_qkv linear_proj linear_fc1 linear_fc2 "
+        "(MindSpeed) or q_proj k_proj v_proj o_proj gate_proj up_proj down_proj; none = full",
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha/r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -78,6 +100,30 @@ class TrainConfig(BaseModel):
             problems.append(f"--min-lr {self.min_lr} exceeds --lr {self.lr}")
         if self.global_batch_size % self.micro_batch_size:
             problems.append("--global-batch-size must be a multiple of --micro-batch-size")
+        problems += held_out_problems(self) + lora_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def held_out_problems(cfg: TrainConfig) -> list[str]:
+    """--split parses; a held-out share and --valid-data-path are not both given."""
+    try:
+        weights = parse_split(cfg.split)
+    except ValueError as error:
+        return [str(error)]
+    if weights[1] > 0 and cfg.valid_data_path:
+        return [
+            f"--split {cfg.split} holds out validation rows and --valid-data-path is given; "
+            "use one (e.g. --split 100,0,0 --valid-data-path PREFIX)"
+        ]
+    return []
+
+
+def lora_problems(cfg: TrainConfig) -> list[str]:
+    """Every --lora-target-modules name is a MindSpeed or HF module name."""
+    try:
+        resolve_targets(cfg.lora_target_modules)
+    except ValueError as error:
+        return [str(error)]
+    return []

@@ -57,6 +57,7 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "steps": int(steps[-1]["step"]),
         "first_loss": steps[0].get("loss"),
         "final_loss": steps[-1].get("loss"),
+        "valid_loss": next((s["valid_loss"] for s in reversed(steps) if "valid_loss" in s), None),
         "tokens_per_s": tokens / seconds if seconds else None,
     }
 

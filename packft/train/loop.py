@@ -53,7 +53,10 @@ from packft.train.checkpoint import (
 )
 from packft.train.config import TrainConfig
 from packft.train.data import token_ids
+from packft.train.evaluate import evaluate_if_due
+from packft.train.lora import apply_lora, trainable_parameters
 from packft.train.recompute import apply_recompute, recompute_layers
+from packft.train.split import require_valid_data, train_and_valid
 from packft.train.state import DistEnv, Parts
 
 log = logging.getLogger("packft.train")
@@ -116,6 +119,7 @@ def require_inputs(cfg: TrainConfig) -> None:
             f"--load {cfg.load}: no such directory; pass a Megatron-mcore checkpoint directory "
             "(write one with `packft convert-ckpt --save-model-type mg`)"
         )
+    require_valid_data(cfg)
 
 
 def open_tracker(cfg: TrainConfig, env: DistEnv) -> Any:
@@ -168,23 +172,27 @@ def build(cfg: TrainConfig, env: DistEnv) -> Parts:
 
     torch.manual_seed(cfg.seed)
     eos, pad = token_ids(cfg)
-    dataset = SFTDataset(
-        cfg.data_path, pack_mode=cfg.pack_mode, eos_id=eos, pad_id=pad, seq_length=cfg.seq_length
-    )
+
+    def open_dataset(prefix: str) -> SFTDataset:
+        return SFTDataset(
+            prefix, pack_mode=cfg.pack_mode, eos_id=eos, pad_id=pad, seq_length=cfg.seq_length
+        )
+
+    dataset, valid = train_and_valid(cfg, open_dataset(cfg.data_path), open_dataset)
     sampler = ShardedSampler(
         len(dataset), cfg.global_batch_size, cfg.micro_batch_size, env.rank, env.world,
         cfg.seed, cfg.shuffle,
     )  # fmt: skip
-    core = load_model(cfg).to(env.device)
+    core = apply_lora(load_model(cfg), cfg).to(env.device)
     layers = recompute_layers(cfg.recompute_method, cfg.recompute_num_layers)
     apply_recompute(core, cfg.recompute_granularity, layers)
     model = wrap_model(core, cfg, env)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        trainable_parameters(model), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
     )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    parts = Parts(model, core, optimizer, scheduler, dataset, sampler, step=0)
+    parts = Parts(model, core, optimizer, scheduler, dataset, sampler, step=0, valid=valid)
     if cfg.resume:
         load_checkpoint(cfg, env, parts)
     return parts
@@ -241,7 +249,7 @@ def fit(cfg: TrainConfig, env: DistEnv, p: Parts, tracker: Any) -> dict[str, Any
         else contextlib.nullcontext()
     )
     last = min(cfg.train_iters, cfg.exit_interval or cfg.train_iters)
-    first_loss = final_loss = None
+    first_loss = final_loss = valid_loss = None
     real_total, time_total, done = 0, 0.0, 0
     with progress_bar(env.main, p.step, last) as advance:
         for step in range(p.step + 1, last + 1):
@@ -286,9 +294,11 @@ def fit(cfg: TrainConfig, env: DistEnv, p: Parts, tracker: Any) -> dict[str, Any
                 "tokens_per_s": real_tokens / elapsed,
                 "padding_fraction": 1.0 - real_tokens / max(all_tokens, 1),
                 "step_time_s": elapsed,
+                **evaluate_if_due(cfg, env, p, step, last, autocast),
             }
             first_loss = step_loss if first_loss is None else first_loss
             final_loss = step_loss
+            valid_loss = metrics.get("valid_loss", valid_loss)
             if step > p.step + 1 or last == p.step + 1:  # first step includes warm-up costs
                 real_total, time_total = real_total + real_tokens, time_total + elapsed
             done = step
@@ -303,6 +313,7 @@ def fit(cfg: TrainConfig, env: DistEnv, p: Parts, tracker: Any) -> dict[str, Any
         "steps": done,
         "first_loss": first_loss,
         "final_loss": final_loss,
+        "valid_loss": valid_loss,
         "tokens_per_s": real_total / time_total if time_total else None,
         "checkpoint": latest_checkpoint(cfg),
         "world_size": env.world,
@@ -355,5 +366,6 @@ def progress_bar(enabled: bool, start: int, total: int):
 
 def log_dataset_stats(dataset: Any, tracker: Any) -> None:
     """The dataset trained on: sidecar as params, its figures as ``data/*`` metrics."""
-    base = {"mode": dataset.mode, "rows": len(dataset), "seq_length": dataset.seq_length}
+    base = {"mode": dataset.mode, "rows": len(dataset), "seq_length": dataset.seq_length,
+            **getattr(dataset, "split_counts", {})}  # fmt: skip
     history.log_dataset(tracker, dataset.sidecar(), base)

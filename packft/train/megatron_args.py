@@ -66,7 +66,6 @@ FLAGS: dict[str, tuple[bool, str]] = {
     "--no-load-rng": (False, "used"),
     "--use-mcore-models": (False, "used"),
     "--ckpt-format": (True, "used"),
-    "--split": (True, "used"),
     "--attention-dropout": (True, "used"),
     "--hidden-dropout": (True, "used"),
     "--use-flash-attn": (False, "used"),
@@ -83,8 +82,6 @@ FLAGS: dict[str, tuple[bool, str]] = {
     "--attention-softmax-in-fp32": (False, "ignored"),
     "--initial-loss-scale": (True, "ignored"),
     "--no-gradient-accumulation-fusion": (False, "ignored"),
-    "--eval-interval": (True, "ignored"),
-    "--eval-iters": (True, "ignored"),
     "--transformer-impl": (True, "ignored"),
     "--use-distributed-optimizer": (False, "ignored"),
     "--overlap-grad-reduce": (False, "ignored"),
@@ -226,8 +223,6 @@ def _check_values(v: dict[str, Any]) -> None:
         ("tokenizer_type", lambda x: x == "PretrainedFromHF", "packft reads HF tokenizers"),
         ("stage", lambda x: x == "sft", "packft train does supervised fine-tuning"),
         ("ckpt_format", lambda x: x in ("torch", "torch_dist"), "packft reads torch, torch_dist"),
-        ("split", lambda x: float(str(x).split(",")[0]) > 0 and all(
-            float(p) == 0 for p in str(x).split(",")[1:]), "packft trains on every row (100,0,0)"),
         ("attention_dropout", lambda x: float(x) == 0, "packft trains without dropout"),
         ("hidden_dropout", lambda x: float(x) == 0, "packft trains without dropout"),
     ]  # fmt: skip

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from packft.track import metric_names
+from packft.train.flags import parse_split
 from packft.train.megatron_args import megatron_flags
+from packft.train.split import eval_enabled
 
 ITERATION = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 FIELDS = {
@@ -158,6 +160,20 @@ def check_config(cfg: Any) -> list[str]:
             problems.append(f"{flag} is required with --engine mindspeed")
     if cfg.loss_reduction != "token":
         problems.append("--loss-reduction sample has no MindSpeed equivalent; use token")
+    problems += native_only_problems(cfg)
+    return problems
+
+
+def native_only_problems(cfg: Any) -> list[str]:
+    """Validation and LoRA are native-engine features: not forwarded to MindSpeed (yet), so
+    asking for them with --engine mindspeed is refused rather than silently dropped."""
+    problems = []
+    if cfg.lora_target_modules:
+        problems.append("--lora-target-modules runs with the native engine only; drop "
+                        "--engine mindspeed (or the LoRA flags)")  # fmt: skip
+    if eval_enabled(cfg) or parse_split(cfg.split)[2] > 0:
+        problems.append("--split with held-out rows / --valid-data-path run with the native "
+                        "engine only; drop --engine mindspeed (or use --split 100,0,0)")  # fmt: skip
     return problems
 
 

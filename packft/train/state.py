@@ -39,3 +39,4 @@ class Parts:
     dataset: Any
     sampler: Any
     step: int
+    valid: Any = None  # held-out rows (packft.train.split), None without validation

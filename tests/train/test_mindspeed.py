@@ -122,6 +122,16 @@ def test_config_problems_are_listed_together(tmp_path):
     assert "posttrain_gpt.py not found" in problems[0]
 
 
+def test_validation_and_lora_are_refused_not_dropped_with_the_mindspeed_engine(tmp_path):
+    native = mindspeed.check_config(
+        cfg(tmp_path, split="98,2,0", lora_target_modules=["linear_qkv"])
+    )
+    assert [p for p in native if "native engine only" in p] == native[1:] and len(native) == 3
+    assert "--lora-target-modules" in native[1] and "--split" in native[2]
+    plain = mindspeed.check_config(cfg(tmp_path, split="100,0,0"))
+    assert not any("native engine only" in p for p in plain)
+
+
 @pytest.mark.slow
 def test_launch_streams_a_stand_in_posttrain_script(tmp_path, llama2_tokenizer_dir, capsys):
     home = tmp_path / "ms"
