@@ -37,6 +37,11 @@ class ValidateOptions:
     max_record_bytes: int = field(default=DEFAULT_MAX_RECORD_BYTES)
     """Records larger than this are rejected as ``too_large`` (:mod:`packft.ingest.limits`)."""
 
+    def __post_init__(self) -> None:
+        from packft.ingest.repairs import parse_repairs
+
+        object.__setattr__(self, "repair", tuple(parse_repairs(self.repair)))  # canonical
+
     def recorded(self) -> dict[str, Any]:
         """The options as plain JSON data (what keys and sidecars record)."""
         return {**asdict(self), "repair": list(self.repair)}

@@ -75,7 +75,9 @@ class PackOptions:
                 lengths, int(self.capacity or 0), self.algorithm,  # type: ignore[arg-type]
                 seed=self.seed, mix=self.mix, overlong=self.overlong,
             )  # fmt: skip
-        capacity = self.capacity if self.capacity is not None else max(1, int(lengths.max(initial=1)))
+        capacity = (
+            self.capacity if self.capacity is not None else max(1, int(lengths.max(initial=1)))
+        )
         return plan_unpacked(lengths, capacity, overlong=self.overlong)
 
 

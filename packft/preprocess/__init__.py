@@ -22,8 +22,8 @@ from packft.preprocess.results import (
     InputFile,
     PlanResult,
     RecordCounts,
-    TokenizerPin,
     TokenizeResult,
+    TokenizerPin,
     ValidationResult,
 )
 from packft.preprocess.steps import (

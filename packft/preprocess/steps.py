@@ -34,7 +34,6 @@ is ~90% of it; plan ~1 s, write 1-3 s. Peak RSS over the process tree 0.77 GiB a
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,10 +47,11 @@ from packft.preprocess.results import (
     InputFile,
     PlanResult,
     RecordCounts,
-    TokenizerPin,
     TokenizeResult,
+    TokenizerPin,
     ValidationResult,
 )
+from packft.tokenize.options import SHARD_FORMAT as _SHARD_FORMAT
 
 if TYPE_CHECKING:
     from packft.ingest.options import ValidateOptions
@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KEY_CHARS = 40
 """Hex characters of a shard or plan key in its file name (160 bits)."""
+SHARD_FORMAT = _SHARD_FORMAT
+"""The shard format in every shard key made here (:data:`packft.tokenize.options.SHARD_FORMAT`)."""
 
 
 @dataclass
@@ -81,6 +83,19 @@ def _load_tokenizer(path: str, template: str) -> Any:
     from packft.tokenize.templates import load_tokenizer
 
     return load_tokenizer(path, template)
+
+
+def _options(cfg: PreprocessConfig) -> TokenizeOptions:
+    """The tokenize options of ``cfg`` (:meth:`PreprocessConfig.tokenize_options`)."""
+    return cfg.tokenize_options()
+
+
+def _shard_key(path: Path, cfg: PreprocessConfig) -> str:
+    """The shard key the CLI uses for ``path`` under ``cfg`` (hashes the input and tokenizer)."""
+    from packft.tokenize.options import shard_key
+
+    return shard_key(InputFile.pin(path).sha256, TokenizerPin.pin(cfg.tokenizer_name_or_path).sha256,
+                     cfg.tokenize_options(), SHARD_FORMAT)  # fmt: skip
 
 
 # --- steps --------------------------------------------------------------------------------------
@@ -176,7 +191,7 @@ def tokenize_to_shard(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep(out_dir)
-    key = shard_key(source.sha256, tokenizer.sha256, options)
+    key = shard_key(source.sha256, tokenizer.sha256, options, SHARD_FORMAT)
     shard = out_dir / f"{key[:KEY_CHARS]}.arrow"
     rejects = rejects_path_for(shard)
     if shard.exists() and not overwrite:

@@ -66,6 +66,7 @@ in the number of records.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -406,6 +407,11 @@ def tokenize_file(
     progress: Callable[[int], None] | None = None,
     input_sha256: str | None = None,
     tokenizer_sha256: str | None = None,
+    fmt: str | None = None,
+    map_keys: dict[str, Any] | None = None,
+    template: str | None = None,
+    on_invalid: Literal["skip", "fail"] | None = None,
+    repair: Iterable[str] | None = None,
 ) -> TokenizeStats:
     """Read, validate, tokenize ``path`` into one Arrow shard at ``out_path`` (atomically).
 
@@ -420,6 +426,8 @@ def tokenize_file(
         input_sha256: the input's digest when the caller already has it (else read here once).
         tokenizer_sha256: :func:`~packft.tokenize.options.tokenizer_fingerprint` of the
             tokenizer, when the caller already has it.
+        fmt, map_keys, template, on_invalid, repair: when given, replace that field of
+            ``options`` (a shorthand for direct calls; the pipeline passes whole options).
 
     Returns:
         The run's :class:`TokenizeStats` (also stored in the shard, see :func:`read_stats`).
@@ -436,6 +444,9 @@ def tokenize_file(
 
     started = time.perf_counter()
     path, out_path = Path(path), Path(out_path)
+    given = {"fmt": fmt, "map_keys": map_keys, "template": template, "on_invalid": on_invalid,
+             "repair": repair}  # fmt: skip
+    options = dataclasses.replace(options, **{k: v for k, v in given.items() if v is not None})
     template = options.template
     get_template(template)  # unknown names fail before any work
     repairs = parse_repairs(options.repair)

@@ -31,6 +31,7 @@ from packft import __version__
 from packft.core.fingerprint import json_digest, tree_sha256
 from packft.ingest.limits import DEFAULT_MAX_RECORD_BYTES
 from packft.ingest.options import ValidateOptions
+from packft.ingest.repairs import parse_repairs
 
 SHARD_FORMAT = 3
 """In every shard key: 2 = header with pad/eos ids and vocab size, neat-pack pair cut;
@@ -88,7 +89,8 @@ class TokenizeOptions:
             problems.append(f"max_record_bytes must be >= 1, got {self.max_record_bytes}")
         if problems:
             raise ValueError("invalid tokenize options: " + "; ".join(problems))
-        object.__setattr__(self, "repair", tuple(self.repair))  # a list from JSON/YAML
+        # canonical kinds in application order: "a,b", ["b", "a"] and "a_b" are the same work
+        object.__setattr__(self, "repair", tuple(parse_repairs(self.repair)))
 
     def recorded(self) -> dict[str, Any]:
         """The options that determine the output bytes (not ``workers``), as JSON data."""
@@ -102,9 +104,9 @@ class TokenizeOptions:
             on_invalid=self.on_invalid, max_record_bytes=self.max_record_bytes,
         )  # fmt: skip
 
-    def cache_key(self) -> str:
+    def cache_key(self, shard_format: int = SHARD_FORMAT) -> str:
         """Stable digest of everything (but ``workers``) that changes a shard's bytes."""
-        return json_digest({"stage": "tokenize", "format": SHARD_FORMAT, **self.recorded()})
+        return json_digest({"stage": "tokenize", "format": shard_format, **self.recorded()})
 
 
 def tokenizer_fingerprint(path_or_id: str | Path) -> str:
@@ -116,13 +118,19 @@ def tokenizer_fingerprint(path_or_id: str | Path) -> str:
     return hashlib.sha256(f"hub:{path_or_id}".encode()).hexdigest()
 
 
-def shard_key(input_sha256: str, tokenizer_sha256: str, options: TokenizeOptions) -> str:
-    """The identity of one shard: input content, tokenizer content, options, packft version."""
+def shard_key(
+    input_sha256: str,
+    tokenizer_sha256: str,
+    options: TokenizeOptions,
+    shard_format: int = SHARD_FORMAT,
+) -> str:
+    """The identity of one shard: input content, tokenizer content, options, packft version
+    (and the shard format, bumped when the same inputs would give other shard bytes)."""
     return json_digest(
         {
             "input": input_sha256,
             "tokenizer": tokenizer_sha256,
-            "options": options.cache_key(),
+            "options": options.cache_key(shard_format),
             "packft": __version__,
         }
     )
