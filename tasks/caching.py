@@ -16,6 +16,8 @@ the task runs again and rewrites the same paths, after which the old record is v
 same happens when an output exists but fails its checksum record (``intact``): a corrupt shard or
 plan is rebuilt, never reused.
 
+Before Prefect reads a stored record, :func:`tasks.serializer.vet_record` checks it is a
+``packft-json`` record of allow-listed data (never a pickle) and moves anything else aside.
 Results persist as files named by key under ``result_storage`` (a ``pathlib.Path``; a ``str``
 would be read as a block slug), so the cache survives process and server restarts.
 """
@@ -35,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from packft import __version__
+from tasks.serializer import allow, vet_record
 
 __all__ = [
     "FileRef",
@@ -46,6 +49,7 @@ __all__ = [
 ]
 
 
+@allow
 class FileRef(BaseModel):
     """An input file pinned by content: the cache sees ``sha256`` (and nothing else)."""
 
@@ -157,11 +161,13 @@ def content_cache(
         if view is not None:
             kept = view(kept)
         key = content_key(task.name, task.fn, kept)
+        store = getattr(context, "result_store", None)
+        if store is not None:  # before Prefect reads the record: refuse what we did not write
+            key = vet_record(store, key)
         paths = list(outputs(parameters)) if outputs is not None else []
-        if not all(Path(p).exists() for p in paths) or (intact and not intact(parameters)):
-            store = getattr(context, "result_store", None)
-            if store is not None and store.exists(key):
-                return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"
+        stale = not all(Path(p).exists() for p in paths) or (intact and not intact(parameters))
+        if stale and store is not None and store.exists(key):
+            return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"
         return key
 
     return key_fn

@@ -26,6 +26,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from tasks.caching import FileRef, content_cache, digest_json
+from tasks.serializer import SERIALIZER
 
 NOT_TRANSIENT = ("ChecksumMismatchError", "HubUnavailableError")
 
@@ -107,6 +108,7 @@ def rejects_file(work_dir: Path, stage: str, source: FileRef, settings: dict[str
         outputs=lambda p: [rejects_file(p["work_dir"], "validate", p["source"], p["settings"])],
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def validate(source: FileRef, settings: dict[str, Any], cfg: Any, work_dir: Path) -> dict[str, Any]:
     """Check every record of one file (``packft.preprocess.validate_input``); count by reason."""

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import task
 
 from tasks.caching import content_cache, tree_sha256
+from tasks.serializer import SERIALIZER
 
 TRAIN_IGNORED = (
     "tracking", "tracking_uri", "tracking_required", "experiment", "run_name", "log_interval",
@@ -40,6 +41,7 @@ def dataset_digest(prefix: str | Path) -> str:
         outputs=lambda p: [Path(p["config"].save_dir)],
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def convert_checkpoint(config: Any, source_digest: str) -> str:
     """Run ``packft convert-ckpt`` (``config`` = its flags); returns the output directory."""
@@ -76,6 +78,7 @@ def _train_view(p: dict[str, Any]) -> dict[str, Any]:
         view=_train_view,
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def finetune(
     config: Any, data_digest: str, model_digest: str, mlflow_parent: dict[str, Any] | None = None
@@ -97,6 +100,7 @@ def finetune(
         outputs=lambda p: [Path(p["config"].mcore_dir)] if p["config"].mcore_dir else [],
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def export(hf_dir: str, hf_digest: str, config: Any) -> dict[str, Any]:
     """Final weights for users: the HF dir as trained, plus an mcore copy for MindSpeed if asked."""

@@ -23,6 +23,7 @@ from packft import __version__
 from packft.core import atomic_write_bytes, atomic_writer
 from packft.dataset import PublishGate, check_seal, seal, store, unseal
 from tasks.caching import FileRef, content_cache, digest_json
+from tasks.serializer import SERIALIZER
 
 PACK_FIELDS = ("pack", "seq_length", "pack_algorithm", "pack_seed", "mix", "overlong", "neat_pack")
 """PreprocessConfig fields that change the plan."""
@@ -69,6 +70,7 @@ def _plan_intact(p: dict[str, Any]) -> bool:
         intact=_plan_intact,
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def pack(
     shards: list[FileRef], settings: dict[str, Any], cfg: Any, work_dir: Path
@@ -104,6 +106,7 @@ def _version_outputs(p: dict[str, Any]) -> list[Path]:
     name="write",
     cache_key_fn=content_cache(exclude=("cfg", "inputs"), outputs=_version_outputs),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def write(
     plan: FileRef,

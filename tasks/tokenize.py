@@ -20,8 +20,10 @@ from prefect import task
 
 from packft import __version__
 from tasks.caching import FileRef, content_cache, digest_json, tree_sha256
+from tasks.serializer import SERIALIZER, allow
 
 
+@allow
 class TokenizerRef(FileRef):
     """A tokenizer pinned by the digest of all its files (or its hub id when not local)."""
 
@@ -89,6 +91,7 @@ def _intact(p: dict[str, Any]) -> bool:
     name="tokenize",
     cache_key_fn=content_cache(exclude=("work_dir", "cfg"), outputs=_outputs, intact=_intact),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def tokenize(
     source: FileRef,
