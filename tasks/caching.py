@@ -2,7 +2,8 @@
 
 A task's key is the SHA-256 of a canonical JSON document holding:
 
-* the task name, the SHA-256 of the task's module source (editing a task invalidates it) and
+* the task name, the SHA-256 of the task function's source (editing one task invalidates that
+  task only, not the others of its module) and
   the installed packft version (a new release never reuses old outputs);
 * every parameter that changes the output, where an input file counts by its content digest
   (:class:`FileRef`), never by its path or mtime, and a tokenizer by the digest of all its files.
@@ -25,9 +26,8 @@ would be read as a block slug), so the cache survives process and server restart
 from __future__ import annotations
 
 import hashlib
-import importlib
+import inspect
 import json
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from packft import __version__
+from packft.core.fingerprint import tree_sha256  # the one tree digest (tokenizers, checkpoints)
 from tasks.serializer import allow, vet_record
 
 __all__ = [
@@ -88,41 +89,17 @@ def digest_json(value: Any) -> str:
 
 @cache
 def source_digest(fn: Callable[..., Any]) -> str:
-    """SHA-256 of the source file of the module defining ``fn`` (the task code).
+    """SHA-256 of the task function's own source (``inspect.getsource``), not of its module:
+    editing one task invalidates that task's cache only.
 
-    The whole module, not ``inspect.getsource(fn)``: a function shipped to a Dask worker may come
-    without retrievable source there, and the key must be identical in every process.
+    Where the source cannot be read (a function shipped to a worker without its file), the
+    qualified name stands in: a worker then misses the cache, it never reuses a wrong result.
     """
-    module = sys.modules.get(fn.__module__) or importlib.import_module(fn.__module__)
-    path = getattr(module, "__file__", None)
-    if path and Path(path).is_file():
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}".encode()).hexdigest()
-
-
-def tree_sha256(directory: Path, *, ignore: Iterable[str] = (".git",)) -> str:
-    """Digest of every file under ``directory`` (relative names + bytes), e.g. a tokenizer dir.
-
-    Raises:
-        FileNotFoundError: ``directory`` does not exist.
-    """
-    directory = Path(directory)
-    if not directory.exists():
-        raise FileNotFoundError(f"{directory} does not exist (expected a tokenizer directory)")
-    if directory.is_file():
-        files = [directory]
-        directory = directory.parent
-    else:
-        skip = set(ignore)
-        files = sorted(p for p in directory.rglob("*") if p.is_file() and not skip & set(p.parts))
-    outer = hashlib.sha256()
-    for path in files:
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
-                inner.update(chunk)
-        outer.update(f"{path.relative_to(directory).as_posix()}\0{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
+    try:
+        text = inspect.getsource(inspect.unwrap(fn))
+    except (OSError, TypeError):
+        text = f"{fn.__module__}.{fn.__qualname__}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def content_key(task_name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> str:

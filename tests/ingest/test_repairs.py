@@ -264,9 +264,6 @@ def test_preprocess_counts_repairs_and_shows_top_rejects(
 
 
 def test_repair_decides_cache_reuse(tmp_path: Path, llama2_tokenizer_dir: Path) -> None:
-    from tasks.ingest import VALIDATE_FIELDS, validate_settings
-    from tasks.tokenize import TOKENIZE_FIELDS, tokenize_settings
-
     data = tmp_path / "d.json"
     data.write_text(json.dumps(_records()))
     base = dict(input=str(data), tokenizer_name_or_path=str(llama2_tokenizer_dir),
@@ -275,10 +272,10 @@ def test_repair_decides_cache_reuse(tmp_path: Path, llama2_tokenizer_dir: Path) 
     plain = PreprocessConfig(**base)
     one = PreprocessConfig(**base, repair="leading-assistant")
     same = PreprocessConfig(**base, repair=["leading_assistant"])
-    assert "repair" in VALIDATE_FIELDS and "repair" in TOKENIZE_FIELDS
     assert _shard_key(data, plain) != _shard_key(data, one) == _shard_key(data, same)
-    assert tokenize_settings(plain) != tokenize_settings(one) == tokenize_settings(same)
-    assert validate_settings(plain) != validate_settings(one)
+    key = [c.tokenize_options().cache_key() for c in (plain, one, same)]
+    assert key[0] != key[1] == key[2]  # what the flow's tokenize task keys on
+    assert plain.validate_options().cache_key() != one.validate_options().cache_key()
     # the CLI takes comma-separated or several values; unknown kinds are a usage error
     out = tmp_path / "o"
     cli = ["preprocess", "--input", str(data), "--tokenizer-name-or-path",
