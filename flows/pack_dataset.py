@@ -50,6 +50,24 @@ def _state(future_or_state: Any) -> str:
     return state.name
 
 
+def validate_parameters(ref: FileRef, cfg: PreprocessConfig, work_dir: Path) -> dict[str, Any]:
+    """The ``validate`` task's parameters for one file (its options: the CLI's definition)."""
+    return {"source": ref, "options": cfg.validate_options(), "work_dir": work_dir}
+
+
+def tokenize_parameters(
+    ref: FileRef, tokenizer: TokenizerRef, cfg: PreprocessConfig, work_dir: Path
+) -> dict[str, Any]:
+    """The ``tokenize`` task's parameters for one file (``cfg.tokenize_options()``)."""
+    return {"source": ref, "tokenizer": tokenizer, "options": cfg.tokenize_options(),
+            "work_dir": work_dir}  # fmt: skip
+
+
+def pack_parameters(shards: list[FileRef], cfg: PreprocessConfig, work_dir: Path) -> dict[str, Any]:
+    """The ``pack`` task's parameters (``cfg.pack_options()``)."""
+    return {"shards": shards, "options": cfg.pack_options(), "work_dir": work_dir}
+
+
 @flow(name="tokenize-shards")
 def tokenize_shards(
     jobs: list[tuple[FileRef, PreprocessConfig]],
@@ -62,15 +80,7 @@ def tokenize_shards(
     from transformers import AutoTokenizer  # noqa: F401  (its lazy first import is not thread-safe)
 
     task = tokenize.with_options(result_storage=storage, refresh_cache=refresh or None)
-    futures = [
-        task.submit(
-            source=ref,
-            tokenizer=tokenizer,
-            options=cfg.tokenize_options(),
-            work_dir=work_dir,
-        )
-        for ref, cfg in jobs
-    ]
+    futures = [task.submit(**tokenize_parameters(ref, tokenizer, c, work_dir)) for ref, c in jobs]
     return [(f.result(), _state(f)) for f in futures]
 
 
@@ -97,10 +107,7 @@ def validate_inputs(
 ) -> list[tuple[dict[str, Any], str]]:
     """``validate`` every file in parallel, before anything is tokenized."""
     task = validate.with_options(result_storage=cfg.run.result_path)
-    futures = [
-        task.submit(source=ref, options=c.validate_options(), work_dir=cfg.run.work_path)
-        for ref, c in jobs
-    ]
+    futures = [task.submit(**validate_parameters(ref, c, cfg.run.work_path)) for ref, c in jobs]
     return [(f.result(), _state(f)) for f in futures]
 
 
@@ -118,7 +125,7 @@ def tokenize_inputs(
 def plan_rows(shards: list[tuple[dict[str, Any], str]], cfg: PackDatasetConfig) -> Any:
     refs = [shard_ref(s) for s, _ in shards]
     task = pack.with_options(result_storage=cfg.run.result_path)
-    return task(refs, cfg.preprocess.pack_options(), cfg.run.work_path, return_state=True)
+    return task(**pack_parameters(refs, cfg.preprocess, cfg.run.work_path), return_state=True)
 
 
 def write_version(plan: Any, shards: list, jobs: list, tokenizer: TokenizerRef,
