@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from flows import reporting
 from flows.runners import make_task_runner
 from packft.dataset import PublishRefused
 from packft.pipeline_config import PackDatasetConfig, load_flow_config
-from packft.preprocess import PreprocessConfig
+from packft.preprocess import PreprocessConfig, TokenizeResult, ValidationResult, WriteResult
 from tasks.caching import FileRef
 from tasks.ingest import download, quality_gate, validate
 from tasks.pack import dataset_fingerprint, pack, publish, shard_ref, write
@@ -75,7 +76,7 @@ def tokenize_shards(
     work_dir: Path,
     storage: Path,
     refresh: bool = False,
-) -> list[tuple[dict[str, Any], str]]:
+) -> list[tuple[TokenizeResult, str]]:
     """Fan ``tokenize`` out over the files on this flow's task runner (threads/Dask/Ray)."""
     from transformers import AutoTokenizer  # noqa: F401  (its lazy first import is not thread-safe)
 
@@ -104,7 +105,7 @@ def fetch_inputs(
 
 def validate_inputs(
     jobs: list[tuple[FileRef, PreprocessConfig]], cfg: PackDatasetConfig
-) -> list[tuple[dict[str, Any], str]]:
+) -> list[tuple[ValidationResult, str]]:
     """``validate`` every file in parallel, before anything is tokenized."""
     task = validate.with_options(result_storage=cfg.run.result_path)
     futures = [task.submit(**validate_parameters(ref, c, cfg.run.work_path)) for ref, c in jobs]
@@ -113,7 +114,7 @@ def validate_inputs(
 
 def tokenize_inputs(
     jobs: list[tuple[FileRef, PreprocessConfig]], tokenizer: TokenizerRef, cfg: PackDatasetConfig
-) -> list[tuple[dict[str, Any], str]]:
+) -> list[tuple[TokenizeResult, str]]:
     """The ``tokenize-shards`` subflow on the configured runner (threads, Dask or Ray)."""
     run = cfg.run
     runner = make_task_runner(run.task_runner, run.parallel, run.cluster_address)
@@ -122,20 +123,21 @@ def tokenize_inputs(
     )
 
 
-def plan_rows(shards: list[tuple[dict[str, Any], str]], cfg: PackDatasetConfig) -> Any:
+def plan_rows(shards: list[tuple[TokenizeResult, str]], cfg: PackDatasetConfig) -> State:
     refs = [shard_ref(s) for s, _ in shards]
     task = pack.with_options(result_storage=cfg.run.result_path)
     return task(**pack_parameters(refs, cfg.preprocess, cfg.run.work_path), return_state=True)
 
 
-def write_version(plan: Any, shards: list, jobs: list, tokenizer: TokenizerRef,
-                  cfg: PackDatasetConfig) -> Any:  # fmt: skip
+def write_version(plan: State, shards: list[tuple[TokenizeResult, str]],
+                  jobs: list[tuple[FileRef, PreprocessConfig]], tokenizer: TokenizerRef,
+                  cfg: PackDatasetConfig) -> State:  # fmt: skip
     """``write`` into the version named by the dataset fingerprint (cached when it exists)."""
     pre, inputs, planned = cfg.preprocess, [ref for ref, _ in jobs], plan.result()
-    fingerprint = dataset_fingerprint(planned["plan_key"], pre.write_options())
+    fingerprint = dataset_fingerprint(planned.plan_key, pre.write_options())
     task = write.with_options(result_storage=cfg.run.result_path)
     return task(
-        FileRef(path=Path(planned["plan"]), sha256=planned["plan_key"]),
+        FileRef(path=planned.plan, sha256=planned.plan_key),
         [shard_ref(s) for s, _ in shards],
         pre,
         inputs,
@@ -146,11 +148,11 @@ def write_version(plan: Any, shards: list, jobs: list, tokenizer: TokenizerRef,
     )
 
 
-def publish_version(dataset: dict[str, Any], tracker: Any, cfg: PackDatasetConfig) -> dict:
+def publish_version(dataset: WriteResult, tracker: Any, cfg: PackDatasetConfig) -> dict[str, Any]:
     """``publish`` behind the gate; a refusal is reported (MLflow, artifact), then re-raised."""
     run = cfg.run
     try:
-        return publish(cfg.output_root, dataset["version"], run.keep_previous,
+        return publish(cfg.output_root, str(dataset.version), run.keep_previous,
                        run.publish_gate(), run.force_publish)  # fmt: skip
     except PublishRefused as refused:
         reporting.report_refused_publish(tracker, refused, dataset)

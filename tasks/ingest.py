@@ -27,6 +27,8 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from packft.ingest.options import ValidateOptions
+from packft.ingest.quality import GateResult
+from packft.preprocess.results import ValidationResult
 from tasks.caching import FileRef, content_cache, digest_json
 from tasks.serializer import SERIALIZER
 
@@ -110,7 +112,7 @@ def cache_view(params: dict[str, Any]) -> dict[str, Any]:
     persist_result=True,
     result_serializer=SERIALIZER,
 )
-def validate(source: FileRef, options: ValidateOptions, work_dir: Path) -> dict[str, Any]:
+def validate(source: FileRef, options: ValidateOptions, work_dir: Path) -> ValidationResult:
     """Check every record of one file (``packft.preprocess.validate_source``); count by reason.
 
     ``options`` come from ``PreprocessConfig.validate_options()`` (the CLI's definition).
@@ -120,23 +122,12 @@ def validate(source: FileRef, options: ValidateOptions, work_dir: Path) -> dict[
     rejects = rejects_file(work_dir, "validate", source, options)
     pinned = InputFile(path=source.path, sha256=source.sha256, source=source.source,
                        size=source.size)  # fmt: skip
-    result = validate_source(pinned, options, rejects)
-    counts = result.counts
-    return {
-        "file": result.file,
-        "sha256": source.sha256,
-        "total": counts.total,
-        "valid": counts.valid,
-        "rejected": dict(counts.rejected),
-        "repaired": dict(counts.repaired),
-        "rejects": str(rejects),
-    }
+    return validate_source(pinned, options, rejects)
 
 
 @task(name="quality-gate", persist_result=False)
-def quality_gate(checks: list[dict[str, Any]], min_valid_fraction: float) -> dict[str, Any]:
+def quality_gate(checks: list[ValidationResult], min_valid_fraction: float) -> GateResult:
     """Fail the run when too few records are valid (``packft.ingest.check_quality``)."""
     from packft.ingest import check_quality
 
-    result = check_quality(checks, min_valid_fraction)
-    return {"total": result.total, "valid": result.valid, "valid_fraction": result.valid_fraction}
+    return check_quality([c.input_counts() for c in checks], min_valid_fraction)

@@ -25,14 +25,14 @@ from packft.dataset import PublishGate, check_seal, store
 from packft.dataset.options import WriteOptions, dataset_key
 from packft.pack.options import PackOptions, plan_key
 from packft.preprocess.config import PreprocessConfig
+from packft.preprocess.results import PlanResult, TokenizeResult, WriteResult
 from tasks.caching import FileRef, content_cache
 from tasks.serializer import SERIALIZER
 
 
-def shard_ref(result: dict[str, Any]) -> FileRef:
+def shard_ref(result: TokenizeResult) -> FileRef:
     """A tokenize result as a cache-friendly reference (``sha256`` is its shard key)."""
-    return FileRef(path=Path(result["shard"]), sha256=result["shard_key"],
-                   source=result.get("file", ""))  # fmt: skip
+    return FileRef(path=result.shard, sha256=result.shard_key, source=result.file)
 
 
 def plan_key_of(shards: list[FileRef], options: PackOptions) -> str:
@@ -74,24 +74,14 @@ def _plan_intact(p: dict[str, Any]) -> bool:
     persist_result=True,
     result_serializer=SERIALIZER,
 )
-def pack(shards: list[FileRef], options: PackOptions, work_dir: Path) -> dict[str, Any]:
+def pack(shards: list[FileRef], options: PackOptions, work_dir: Path) -> PlanResult:
     """Plan the rows of all samples of all shards at once (``packft.preprocess.plan_shards``,
     with ``PreprocessConfig.pack_options()``); returns the plan file and counts."""
     from packft.preprocess import plan_shards
 
     result, _ = plan_shards([s.path for s in shards], [s.sha256 for s in shards], options,
                             Path(work_dir) / "plans")  # fmt: skip
-    return {
-        "plan": str(result.plan),
-        "plan_key": result.plan_key,
-        "samples": result.samples,
-        "rows": result.rows,
-        "lower_bound_rows": result.lower_bound_rows,
-        "dropped": result.dropped,
-        "truncated": result.truncated,
-        "split": result.split,
-        "row_fill": {str(k): v for k, v in result.row_fill.items()},
-    }
+    return result
 
 
 def _version_outputs(p: dict[str, Any]) -> list[Path]:
@@ -115,7 +105,7 @@ def write(
     tokenizer: FileRef,
     output_root: Path,
     fingerprint: str,
-) -> dict[str, Any]:
+) -> WriteResult:
     """Write the dataset into a new complete version directory; returns its paths and stats.
 
     The key is ``fingerprint`` (:func:`dataset_fingerprint` of the plan key and
@@ -141,7 +131,7 @@ def write(
     except BaseException:
         store.abandon_version(tmp, final)
         raise
-    return {"version": str(version), "prefix": str(version / name), "stats": stats}
+    return WriteResult(version=version, prefix=version / name, stats=stats)
 
 
 def _record_final_prefix(sidecar: Path, prefix: Path) -> None:

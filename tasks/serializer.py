@@ -201,5 +201,15 @@ def vet_record(result_store: Any, key: str) -> str:
     return key
 
 
+def _allow_step_results() -> None:
+    from packft.preprocess import results
+
+    for model in (results.InputFile, results.TokenizerPin, results.RecordCounts,
+                  results.ValidationResult, results.TokenizeResult, results.PlanResult,
+                  results.DatasetStats, results.WriteResult):  # fmt: skip
+        allow(model)
+
+
+_allow_step_results()
 SERIALIZER = PackftJSONSerializer()
 """The serializer every persisted packft task uses."""

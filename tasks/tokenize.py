@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import task
 
+from packft.preprocess.results import TokenizeResult
 from packft.tokenize.options import TokenizeOptions
 from tasks.caching import FileRef, content_cache
 from tasks.serializer import SERIALIZER, allow
@@ -84,45 +85,17 @@ def tokenize(
     tokenizer: TokenizerRef,
     options: TokenizeOptions,
     work_dir: Path,
-) -> dict[str, Any]:
-    """Tokenize one file into its shard (``packft.preprocess.tokenize_to_shard``); return counts.
+) -> TokenizeResult:
+    """Tokenize one file into its shard (``packft.preprocess.tokenize_to_shard``); returns its
+    :class:`TokenizeResult` (counts and the length histogram, counted while tokenizing).
 
     ``options`` come from ``PreprocessConfig.tokenize_options()``, the CLI's own definition of
     the work, so the shard (and the key) are the ones ``packft preprocess`` would make.
     """
     from packft.preprocess import InputFile, TokenizerPin, tokenize_to_shard
 
-    result = tokenize_to_shard(
+    return tokenize_to_shard(
         InputFile(path=source.path, sha256=source.sha256, source=source.source, size=source.size),
         TokenizerPin(path_or_id=tokenizer.source or str(tokenizer.path), sha256=tokenizer.sha256),
         options, Path(work_dir) / "shards",
     )  # fmt: skip
-    counts = result.counts
-    return {
-        "file": source.source or str(source.path),
-        "sha256": source.sha256,
-        "shard": str(result.shard),
-        "shard_key": result.shard_key,
-        "rejects": str(result.rejects),
-        "samples_in": counts.total,
-        "valid": counts.valid,
-        "rejected": dict(counts.rejected),
-        "repaired": dict(counts.repaired),
-        **{k: getattr(result, k) for k in STAT_KEYS[4:]},
-        "length_counts": {str(k): v for k, v in result.length_counts.items()},
-    }
-
-
-STAT_KEYS = (
-    "samples_in",
-    "valid",
-    "rejected",
-    "repaired",
-    "truncated",
-    "truncated_marker_lost",
-    "dropped",
-    "written",
-    "tokens",
-    "supervised_tokens",
-    "max_length",
-)

@@ -25,6 +25,7 @@ from packft.preprocess.results import (
     TokenizeResult,
     TokenizerPin,
     ValidationResult,
+    WriteResult,
 )
 from packft.preprocess.steps import (
     PreprocessResult,
@@ -51,6 +52,7 @@ __all__ = [
     "TokenizeResult",
     "TokenizerPin",
     "ValidationResult",
+    "WriteResult",
     "check_input_quality",
     "fetch_inputs",
     "plan",

@@ -14,6 +14,7 @@ takes the digest from the :class:`InputFile`. The Prefect tasks persist these mo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -187,3 +188,14 @@ class DatasetStats(Result):
     samples_per_row_histogram: dict[str, int] = Field(default_factory=dict)
     sum_squared_lengths: int = 0
     efficiency_padded_alone: float = 0.0
+
+
+class WriteResult(Result):
+    """A dataset version written (or found): where it is and the sidecar's stats."""
+
+    version: Path
+    """The version directory."""
+    prefix: Path
+    """``{version}/{name}``: the ``--data-path`` prefix of the written set."""
+    stats: dict[str, Any] = Field(default_factory=dict)
+    """The sidecar's ``stats`` (:func:`packft.preprocess.write`'s figures)."""
