@@ -38,6 +38,7 @@ from flows.runners import make_task_runner
 from packft.dataset import PublishRefused
 from packft.pipeline_config import PackDatasetConfig, load_flow_config
 from packft.preprocess import PreprocessConfig, TokenizeResult, ValidationResult, WriteResult
+from packft.track.tracking import Tracker
 from tasks.caching import FileRef
 from tasks.ingest import download, quality_gate, validate
 from tasks.pack import dataset_fingerprint, pack, publish, shard_ref, write
@@ -148,7 +149,9 @@ def write_version(plan: State, shards: list[tuple[TokenizeResult, str]],
     )
 
 
-def publish_version(dataset: WriteResult, tracker: Any, cfg: PackDatasetConfig) -> dict[str, Any]:
+def publish_version(
+    dataset: WriteResult, tracker: Tracker, cfg: PackDatasetConfig
+) -> dict[str, Any]:
     """``publish`` behind the gate; a refusal is reported (MLflow, artifact), then re-raised."""
     run = cfg.run
     try:

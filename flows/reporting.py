@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from packft.dataset.stats import detail_rows
+from packft.pipeline_config import PackDatasetConfig
 from packft.preprocess.results import (
     PlanResult,
     RecordCounts,
@@ -237,7 +238,7 @@ PACK_TABLE = (
 
 def finish_pack_run(
     tracker: Tracker,
-    cfg: Any,
+    cfg: PackDatasetConfig,
     *,
     plan: PlanResult,
     dataset: WriteResult,

@@ -26,6 +26,7 @@ would be read as a block slug), so the cache survives process and server restart
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
 import uuid
@@ -87,19 +88,29 @@ def digest_json(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _function_source(fn: Callable[..., Any]) -> str:
+    """The source text of ``fn``; for a copy rebuilt by value (cloudpickle, on a Dask worker:
+    its code says ``<dynamic-code>``), the source of the function its module defines under
+    that name (a Prefect task's ``.fn``)."""
+    try:
+        return inspect.getsource(inspect.unwrap(fn))
+    except (OSError, TypeError):
+        pass
+    try:
+        found: Any = importlib.import_module(fn.__module__)
+        for part in fn.__qualname__.split("."):
+            found = getattr(found, part)
+        return inspect.getsource(inspect.unwrap(getattr(found, "fn", found)))
+    except (ImportError, AttributeError, OSError, TypeError):
+        return f"{fn.__module__}.{fn.__qualname__}"  # a cache miss, never a wrong reuse
+
+
 @cache
 def source_digest(fn: Callable[..., Any]) -> str:
-    """SHA-256 of the task function's own source (``inspect.getsource``), not of its module:
-    editing one task invalidates that task's cache only.
-
-    Where the source cannot be read (a function shipped to a worker without its file), the
-    qualified name stands in: a worker then misses the cache, it never reuses a wrong result.
-    """
-    try:
-        text = inspect.getsource(inspect.unwrap(fn))
-    except (OSError, TypeError):
-        text = f"{fn.__module__}.{fn.__qualname__}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    """SHA-256 of the task function's own source, not of its module: editing one task
+    invalidates that task's cache only. The same in every process (see
+    :func:`_function_source` for functions shipped to workers)."""
+    return hashlib.sha256(_function_source(fn).encode()).hexdigest()
 
 
 def content_key(task_name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> str:

@@ -229,3 +229,27 @@ def test_editing_one_task_does_not_invalidate_the_others(tmp_path: Path) -> None
     assert key(copy, "pack") != key(original, "pack")
     assert key(copy, "write") == key(original, "write") == key(control, "write")
     assert key(copy, "publish") == key(original, "publish")
+
+
+def test_task_key_is_the_same_in_a_worker_process() -> None:
+    """A task shipped to a Dask worker is rebuilt by value (its code says ``<dynamic-code>``);
+    its source digest there must equal this process's, or every Dask run misses the cache."""
+    import base64
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from tasks.caching import source_digest
+    from tasks.tokenize import tokenize
+
+    blob = base64.b64encode(cloudpickle.dumps(tokenize)).decode()
+    code = (
+        "import base64, cloudpickle\n"
+        f"task = cloudpickle.loads(base64.b64decode('{blob}'))\n"
+        "assert task.fn.__code__.co_filename == '<dynamic-code>', task.fn.__code__.co_filename\n"
+        "from tasks.caching import source_digest\n"
+        "print(source_digest(task.fn))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == source_digest(tokenize.fn)
