@@ -253,3 +253,26 @@ def test_task_key_is_the_same_in_a_worker_process() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == source_digest(tokenize.fn)
+
+
+def test_each_input_is_hashed_once_per_cli_run(world: SimpleNamespace, tmp_path: Path) -> None:
+    """The input's bytes are hashed once (``InputFile.pin``); tokenize, the shard key and the
+    sidecar take that digest (before: three hashes per run)."""
+    import sys
+    import traceback
+
+    hashed: list[str] = []
+    active, target = [True], world.data.resolve()
+
+    def hook(event: str, args: tuple) -> None:
+        name = str(args[0]) if event == "open" and args else ""
+        if active[0] and name.endswith(world.data.name) and Path(name).resolve() == target:
+            hashed.extend(f.name for f in traceback.extract_stack() if f.name == "file_sha256")
+
+    sys.addaudithook(hook)  # cannot be removed: made inert below
+    try:
+        preprocess(PreprocessConfig(**{**world.base, "cache_dir": str(tmp_path / "c"),
+                                       "output_prefix": str(tmp_path / "o")}))  # fmt: skip
+    finally:
+        active[0] = False
+    assert hashed == ["file_sha256"]
