@@ -31,24 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from flows import reporting
 from flows.runners import make_task_runner
 from packft.dataset import PublishRefused
 from packft.pipeline_config import PackDatasetConfig, load_flow_config
+from packft.preprocess import PreprocessConfig, TokenizeResult, ValidationResult, WriteResult
+from packft.track.tracking import Tracker
 from tasks.caching import FileRef
-from tasks.ingest import download, quality_gate, validate, validate_settings
-from tasks.pack import (
-    PACK_FIELDS,
-    WRITE_FIELDS,
-    dataset_fingerprint,
-    pack,
-    publish,
-    settings_of,
-    shard_ref,
-    write,
-)
-from tasks.tokenize import TokenizerRef, pin_tokenizer, tokenize, tokenize_settings
+from tasks.ingest import download, quality_gate, validate
+from tasks.pack import dataset_fingerprint, pack, publish, shard_ref, write
+from tasks.tokenize import TokenizerRef, pin_tokenizer, tokenize
 
 CACHED_TASKS = ("validate", "tokenize", "pack", "write")
 
@@ -58,32 +52,43 @@ def _state(future_or_state: Any) -> str:
     return state.name
 
 
+def validate_parameters(ref: FileRef, cfg: PreprocessConfig, work_dir: Path) -> dict[str, Any]:
+    """The ``validate`` task's parameters for one file (its options: the CLI's definition)."""
+    return {"source": ref, "options": cfg.validate_options(), "work_dir": work_dir}
+
+
+def tokenize_parameters(
+    ref: FileRef, tokenizer: TokenizerRef, cfg: PreprocessConfig, work_dir: Path
+) -> dict[str, Any]:
+    """The ``tokenize`` task's parameters for one file (``cfg.tokenize_options()``)."""
+    return {"source": ref, "tokenizer": tokenizer, "options": cfg.tokenize_options(),
+            "work_dir": work_dir}  # fmt: skip
+
+
+def pack_parameters(shards: list[FileRef], cfg: PreprocessConfig, work_dir: Path) -> dict[str, Any]:
+    """The ``pack`` task's parameters (``cfg.pack_options()``)."""
+    return {"shards": shards, "options": cfg.pack_options(), "work_dir": work_dir}
+
+
 @flow(name="tokenize-shards")
 def tokenize_shards(
-    jobs: list[tuple[FileRef, Any]],
+    jobs: list[tuple[FileRef, PreprocessConfig]],
     tokenizer: TokenizerRef,
     work_dir: Path,
     storage: Path,
     refresh: bool = False,
-) -> list[tuple[dict[str, Any], str]]:
+) -> list[tuple[TokenizeResult, str]]:
     """Fan ``tokenize`` out over the files on this flow's task runner (threads/Dask/Ray)."""
     from transformers import AutoTokenizer  # noqa: F401  (its lazy first import is not thread-safe)
 
     task = tokenize.with_options(result_storage=storage, refresh_cache=refresh or None)
-    futures = [
-        task.submit(
-            source=ref,
-            tokenizer=tokenizer,
-            settings=tokenize_settings(cfg),
-            cfg=cfg,
-            work_dir=work_dir,
-        )
-        for ref, cfg in jobs
-    ]
+    futures = [task.submit(**tokenize_parameters(ref, tokenizer, c, work_dir)) for ref, c in jobs]
     return [(f.result(), _state(f)) for f in futures]
 
 
-def fetch_inputs(cfg: PackDatasetConfig) -> tuple[list[tuple[FileRef, Any]], list[str]]:
+def fetch_inputs(
+    cfg: PackDatasetConfig,
+) -> tuple[list[tuple[FileRef, PreprocessConfig]], list[str]]:
     """``download`` each source; pairs every local file with its source's PreprocessConfig."""
     jobs, states = [], []
     for source in cfg.sources():
@@ -99,19 +104,18 @@ def fetch_inputs(cfg: PackDatasetConfig) -> tuple[list[tuple[FileRef, Any]], lis
     return jobs, states
 
 
-def validate_inputs(jobs: list[tuple[FileRef, Any]], cfg: PackDatasetConfig) -> list[Any]:
+def validate_inputs(
+    jobs: list[tuple[FileRef, PreprocessConfig]], cfg: PackDatasetConfig
+) -> list[tuple[ValidationResult, str]]:
     """``validate`` every file in parallel, before anything is tokenized."""
     task = validate.with_options(result_storage=cfg.run.result_path)
-    futures = [
-        task.submit(source=ref, settings=validate_settings(c), cfg=c, work_dir=cfg.run.work_path)
-        for ref, c in jobs
-    ]
+    futures = [task.submit(**validate_parameters(ref, c, cfg.run.work_path)) for ref, c in jobs]
     return [(f.result(), _state(f)) for f in futures]
 
 
 def tokenize_inputs(
-    jobs: list[tuple[FileRef, Any]], tokenizer: TokenizerRef, cfg: PackDatasetConfig
-):
+    jobs: list[tuple[FileRef, PreprocessConfig]], tokenizer: TokenizerRef, cfg: PackDatasetConfig
+) -> list[tuple[TokenizeResult, str]]:
     """The ``tokenize-shards`` subflow on the configured runner (threads, Dask or Ray)."""
     run = cfg.run
     runner = make_task_runner(run.task_runner, run.parallel, run.cluster_address)
@@ -120,42 +124,38 @@ def tokenize_inputs(
     )
 
 
-def plan_rows(shards: list[tuple[dict[str, Any], str]], cfg: PackDatasetConfig) -> Any:
+def plan_rows(shards: list[tuple[TokenizeResult, str]], cfg: PackDatasetConfig) -> State:
     refs = [shard_ref(s) for s, _ in shards]
     task = pack.with_options(result_storage=cfg.run.result_path)
-    pre = cfg.preprocess
-    return task(refs, settings_of(pre, PACK_FIELDS), pre, cfg.run.work_path, return_state=True)
+    return task(**pack_parameters(refs, cfg.preprocess, cfg.run.work_path), return_state=True)
 
 
-def write_version(plan: Any, shards: list, jobs: list, tokenizer: TokenizerRef,
-                  cfg: PackDatasetConfig) -> Any:  # fmt: skip
+def write_version(plan: State, shards: list[tuple[TokenizeResult, str]],
+                  jobs: list[tuple[FileRef, PreprocessConfig]], tokenizer: TokenizerRef,
+                  cfg: PackDatasetConfig) -> State:  # fmt: skip
     """``write`` into the version named by the dataset fingerprint (cached when it exists)."""
-    pre, inputs = cfg.preprocess, [ref for ref, _ in jobs]
-    fingerprint = dataset_fingerprint(
-        inputs,
-        tokenizer,
-        {"tokenize": [tokenize_settings(c) for _, c in jobs],
-         "write": settings_of(pre, WRITE_FIELDS), "name": pre.prefix.name},
-    )  # fmt: skip
-    plan_file = Path(plan.result()["plan"])
+    pre, inputs, planned = cfg.preprocess, [ref for ref, _ in jobs], plan.result()
+    fingerprint = dataset_fingerprint(planned.plan_key, pre.write_options())
     task = write.with_options(result_storage=cfg.run.result_path)
     return task(
-        FileRef(path=plan_file, sha256=plan_file.stem),
+        FileRef(path=planned.plan, sha256=planned.plan_key),
         [shard_ref(s) for s, _ in shards],
-        settings_of(pre, WRITE_FIELDS),
         pre,
         inputs,
+        tokenizer,
         cfg.output_root,
         fingerprint,
         return_state=True,
     )
 
 
-def publish_version(dataset: dict[str, Any], tracker: Any, cfg: PackDatasetConfig) -> dict:
+def publish_version(
+    dataset: WriteResult, tracker: Tracker, cfg: PackDatasetConfig
+) -> dict[str, Any]:
     """``publish`` behind the gate; a refusal is reported (MLflow, artifact), then re-raised."""
     run = cfg.run
     try:
-        return publish(cfg.output_root, dataset["version"], run.keep_previous,
+        return publish(cfg.output_root, str(dataset.version), run.keep_previous,
                        run.publish_gate(), run.force_publish)  # fmt: skip
     except PublishRefused as refused:
         reporting.report_refused_publish(tracker, refused, dataset)
@@ -214,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flows.pack_dataset [CONFIG.yaml] [packft preprocess flags] [run flags]``."""
     from flows.cli import run_flow_main
     from packft.pipeline_config import RunOptions
-    from packft.preprocess import PreprocessConfig
 
     sections = {"preprocess": PreprocessConfig, "run": RunOptions}
     return run_flow_main(

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from packft.dataset.stats import detail_rows
+from packft.pipeline_config import PackDatasetConfig
+from packft.preprocess.results import (
+    PlanResult,
+    RecordCounts,
+    TokenizeResult,
+    ValidationResult,
+    WriteResult,
+)
 from packft.track import metric_names
 from packft.track.tracking import (
     NullTracker,
@@ -160,62 +168,60 @@ def log_inputs(tracker: Tracker, files: list[Any], tokenizer: Any) -> None:
     )  # fmt: skip
 
 
-def _sum_counts(items: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: sum(int(i.get(k) or 0) for i in items) for k in keys}
-    for group in ("rejected", "repaired"):  # per reason, per --repair kind
-        counts: dict[str, int] = {}
-        for item in items:
-            for name, n in (item.get(group) or {}).items():
-                counts[name] = counts.get(name, 0) + int(n)
-        out[group] = counts
-    out["rejected_total"] = sum(out["rejected"].values())
-    return out
+def validation_totals(checks: list[ValidationResult]) -> dict[str, Any]:
+    """Records read, valid, rejected per reason and repaired per kind over all files."""
+    return RecordCounts.summed([c.counts for c in checks]).figures()
 
 
-def log_validation(tracker: Tracker, checks: list[dict[str, Any]]) -> dict[str, Any]:
-    totals = _sum_counts(checks, ("total", "valid"))
-    log_stage(tracker, "validate", totals, details=checks).close()
+def log_validation(tracker: Tracker, checks: list[ValidationResult]) -> dict[str, Any]:
+    totals = validation_totals(checks)
+    log_stage(tracker, "validate", totals,
+              details=[c.model_dump(mode="json") for c in checks]).close()  # fmt: skip
     return totals
 
 
-def log_tokenize(tracker: Tracker, shards: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("samples_in", "valid", "truncated", "truncated_marker_lost", "dropped", "written",
-            "tokens", "supervised_tokens")  # fmt: skip
-    totals = _sum_counts(shards, keys)
-    totals["max_length"] = max((int(s.get("max_length") or 0) for s in shards), default=0)
-    log_stage(tracker, "tokenize", totals, details=shards).close()
+TOKENIZE_SUMS = ("truncated", "truncated_marker_lost", "dropped", "written", "tokens",
+                 "supervised_tokens")  # fmt: skip
+
+
+def log_tokenize(tracker: Tracker, shards: list[TokenizeResult]) -> dict[str, Any]:
+    counts = RecordCounts.summed([s.counts for s in shards]).figures()
+    totals: dict[str, Any] = {"samples_in": counts["total"], "valid": counts["valid"],
+                              **{k: sum(getattr(s, k) for s in shards) for k in TOKENIZE_SUMS},
+                              "rejected": counts["rejected"], "repaired": counts["repaired"],
+                              "rejected_total": counts["rejected_total"],
+                              "max_length": max((s.max_length for s in shards), default=0)}  # fmt: skip
+    details = [s.model_dump(mode="json", exclude={"length_counts"}) for s in shards]
+    log_stage(tracker, "tokenize", totals, details=details).close()
     return totals
 
 
 def dataset_figures(
-    shards: list[str], plan_file: str, seq_length: int, stats: Mapping[str, Any]
+    shards: list[TokenizeResult], plan: PlanResult, seq_length: int, stats: Mapping[str, Any]
 ) -> tuple[Any, Any]:
     """(sample length histogram before truncation, row fill histogram) for a packed dataset.
 
-    Lengths come from each shard's ``length_counts`` (every valid sample before any cut);
-    shards written before that existed give their stored (already cut) lengths instead.
+    Both are counted where the data was in memory: lengths by the tokenize task
+    (``TokenizeResult.length_counts``: every valid sample before any cut; a shard from before
+    those counts gives its stored, cut lengths), row fill by the pack task
+    (``PlanResult.row_fill``). Nothing is re-read from disk here.
     """
     import numpy as np
 
-    from packft.pack import PackPlan
-    from packft.tokenize import read_lengths, read_stats
     from packft.track.plots import length_histogram, row_fill_histogram
 
     counts: dict[int, int] = {}
-    exact = True
     for shard in shards:
-        found = read_stats(shard).get("length_counts")
-        if found is None:  # a cached shard from before length_counts: its cut lengths
-            exact = False
-            found = dict(zip(*np.unique(read_lengths(shard), return_counts=True), strict=True))
-        for length, n in found.items():
+        for length, n in shard.length_counts.items():
             counts[int(length)] = counts.get(int(length), 0) + int(n)
+    exact = all(s.lengths_before_cut for s in shards)
     lengths = np.fromiter(counts, np.int64, len(counts))
     weights = np.fromiter(counts.values(), np.int64, len(counts))
     cut = {k: int(stats.get(k) or 0) for k in ("truncated", "dropped", "split")}
     if exact:
         cut["tokens_cut"] = int((lengths * weights).sum()) - int(stats.get("total_tokens", 0))
-    rows = PackPlan.load(plan_file).row_lengths()
+    fills = np.fromiter(plan.row_fill, np.int64, len(plan.row_fill))
+    rows = np.repeat(fills, np.fromiter(plan.row_fill.values(), np.int64, len(plan.row_fill)))
     return (
         length_histogram(lengths, seq_length, weights=weights, cut=cut, before_truncation=exact),
         row_fill_histogram(rows, seq_length),
@@ -232,24 +238,23 @@ PACK_TABLE = (
 
 def finish_pack_run(
     tracker: Tracker,
-    cfg: Any,
+    cfg: PackDatasetConfig,
     *,
-    plan: dict[str, Any],
-    dataset: dict[str, Any],
+    plan: PlanResult,
+    dataset: WriteResult,
     published: dict[str, Any],
-    shards: list[dict[str, Any]],
-    checks: list[dict[str, Any]],
+    shards: list[TokenizeResult],
+    checks: list[ValidationResult],
     states: dict[str, list[str]],
     seconds: float,
 ) -> dict[str, Any]:
     """Log pack/write/publish stages and plots, publish the Prefect artifact, print the summary."""
-    stats = dataset["stats"]
+    stats = dataset.stats
     seq = int(cfg.preprocess.seq_length or stats.get("seq_length") or 1)
-    pack_run = log_stage(tracker, "pack", {**plan, **stats}, details=plan)
+    planned = plan.model_dump(mode="json", exclude={"row_fill"})
+    pack_run = log_stage(tracker, "pack", {**planned, **stats}, details=planned)
     if cfg.preprocess.pack:
-        lengths_fig, fill_fig = dataset_figures(
-            [s["shard"] for s in shards], plan["plan"], seq, stats
-        )
+        lengths_fig, fill_fig = dataset_figures(shards, plan, seq, stats)
         for run in (pack_run, tracker):
             run.log_figure(lengths_fig, "plots/sample_lengths.png")
             run.log_figure(fill_fig, "plots/row_fill.png")
@@ -265,7 +270,7 @@ def finish_pack_run(
     log_stage(tracker, "publish", change, details=published).close()
     tracker.log(metric_names.named(diff, metric_names.DATA), step=0)  # gate figures: stage run
     tracker.log_config(metric_names.stats_params(diff, prefix="diff"))
-    tracker.set_tags({"packft.dataset_version": Path(dataset["version"]).name,
+    tracker.set_tags({"packft.dataset_version": dataset.version.name,
                       "packft.changed": str(bool(published["changed"])).lower(),
                       "packft.publish": publish_outcome(published)})  # fmt: skip
     headline = (
@@ -274,12 +279,12 @@ def finish_pack_run(
         else f"nothing changed: {published['current']} is still latest "
         f"({n_cached}/{len(cached)} tasks from cache)"
     )
-    latest = Path(published["latest"]) / Path(dataset["prefix"]).name
+    latest = Path(published["latest"]) / dataset.prefix.name
     outputs = [
         ("status", headline),
         ("train on (latest)", f"`{latest}`"),
-        ("this version", f"`{dataset['prefix']}`"),
-        ("rejects", f"`{dataset['prefix']}.rejects.jsonl`"),
+        ("this version", f"`{dataset.prefix}`"),
+        ("rejects", f"`{dataset.prefix}.rejects.jsonl`"),
         ("tasks cached", f"{n_cached}/{len(cached)}"),
         ("seconds", round(seconds, 1)),
         *run_links(tracker),
@@ -302,13 +307,13 @@ def finish_pack_run(
     return {
         "headline": headline,
         "changed": bool(published["changed"]),
-        "version": dataset["version"],
-        "prefix": dataset["prefix"],
+        "version": str(dataset.version),
+        "prefix": str(dataset.prefix),
         "latest": str(latest),
         "stats": stats,
         "diff": diff,
         "states": states,
-        "validation": _sum_counts(checks, ("total", "valid")),
+        "validation": validation_totals(checks),
         "mlflow_run_id": tracker.run_id,
         "flow_run_id": prefect_tags()["prefect.flow_run_id"],
         "seconds": round(seconds, 2),
@@ -334,7 +339,7 @@ def publish_outcome(published: Mapping[str, Any]) -> str:
     return "forced" if gate.get("problems") and gate.get("forced") else "published"
 
 
-def report_refused_publish(tracker: Tracker, refused: Any, dataset: Mapping[str, Any]) -> str:
+def report_refused_publish(tracker: Tracker, refused: Any, dataset: WriteResult) -> str:
     """A refused publish (:class:`packft.dataset.PublishRefused`): the diff and verdict to
     MLflow (``publish`` stage, ``diff.*`` metrics, tags, ``publish_refused.json``) and to the
     ``pack-dataset-publish-refused`` Prefect artifact. Returns the artifact's markdown."""
@@ -350,7 +355,7 @@ def report_refused_publish(tracker: Tracker, refused: Any, dataset: Mapping[str,
         ("status", "publish refused: latest unchanged, this run Failed"),
         ("why", "; ".join(refused.verdict.problems)),
         ("latest (unchanged)", f"`{refused.latest}`"),
-        ("unpublished version (inspect it)", f"`{dataset.get('prefix') or refused.version}`"),
+        ("unpublished version (inspect it)", f"`{dataset.prefix}`"),
         ("publish it anyway", f"re-run with {refused.override}"),
         *run_links(tracker),
     ]

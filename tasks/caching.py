@@ -2,7 +2,8 @@
 
 A task's key is the SHA-256 of a canonical JSON document holding:
 
-* the task name, the SHA-256 of the task's module source (editing a task invalidates it) and
+* the task name, the SHA-256 of the task function's source (editing one task invalidates that
+  task only, not the others of its module) and
   the installed packft version (a new release never reuses old outputs);
 * every parameter that changes the output, where an input file counts by its content digest
   (:class:`FileRef`), never by its path or mtime, and a tokenizer by the digest of all its files.
@@ -16,6 +17,8 @@ the task runs again and rewrites the same paths, after which the old record is v
 same happens when an output exists but fails its checksum record (``intact``): a corrupt shard or
 plan is rebuilt, never reused.
 
+Before Prefect reads a stored record, :func:`tasks.serializer.vet_record` checks it is a
+``packft-json`` record of allow-listed data (never a pickle) and moves anything else aside.
 Results persist as files named by key under ``result_storage`` (a ``pathlib.Path``; a ``str``
 would be read as a block slug), so the cache survives process and server restarts.
 """
@@ -24,8 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
@@ -35,6 +38,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from packft import __version__
+from packft.core.fingerprint import tree_sha256  # the one tree digest (tokenizers, checkpoints)
+from tasks.serializer import allow, vet_record
 
 __all__ = [
     "FileRef",
@@ -46,6 +51,7 @@ __all__ = [
 ]
 
 
+@allow
 class FileRef(BaseModel):
     """An input file pinned by content: the cache sees ``sha256`` (and nothing else)."""
 
@@ -82,43 +88,29 @@ def digest_json(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _function_source(fn: Callable[..., Any]) -> str:
+    """The source text of ``fn``; for a copy rebuilt by value (cloudpickle, on a Dask worker:
+    its code says ``<dynamic-code>``), the source of the function its module defines under
+    that name (a Prefect task's ``.fn``)."""
+    try:
+        return inspect.getsource(inspect.unwrap(fn))
+    except (OSError, TypeError):
+        pass
+    try:
+        found: Any = importlib.import_module(fn.__module__)
+        for part in fn.__qualname__.split("."):
+            found = getattr(found, part)
+        return inspect.getsource(inspect.unwrap(getattr(found, "fn", found)))
+    except (ImportError, AttributeError, OSError, TypeError):
+        return f"{fn.__module__}.{fn.__qualname__}"  # a cache miss, never a wrong reuse
+
+
 @cache
 def source_digest(fn: Callable[..., Any]) -> str:
-    """SHA-256 of the source file of the module defining ``fn`` (the task code).
-
-    The whole module, not ``inspect.getsource(fn)``: a function shipped to a Dask worker may come
-    without retrievable source there, and the key must be identical in every process.
-    """
-    module = sys.modules.get(fn.__module__) or importlib.import_module(fn.__module__)
-    path = getattr(module, "__file__", None)
-    if path and Path(path).is_file():
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}".encode()).hexdigest()
-
-
-def tree_sha256(directory: Path, *, ignore: Iterable[str] = (".git",)) -> str:
-    """Digest of every file under ``directory`` (relative names + bytes), e.g. a tokenizer dir.
-
-    Raises:
-        FileNotFoundError: ``directory`` does not exist.
-    """
-    directory = Path(directory)
-    if not directory.exists():
-        raise FileNotFoundError(f"{directory} does not exist (expected a tokenizer directory)")
-    if directory.is_file():
-        files = [directory]
-        directory = directory.parent
-    else:
-        skip = set(ignore)
-        files = sorted(p for p in directory.rglob("*") if p.is_file() and not skip & set(p.parts))
-    outer = hashlib.sha256()
-    for path in files:
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
-                inner.update(chunk)
-        outer.update(f"{path.relative_to(directory).as_posix()}\0{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
+    """SHA-256 of the task function's own source, not of its module: editing one task
+    invalidates that task's cache only. The same in every process (see
+    :func:`_function_source` for functions shipped to workers)."""
+    return hashlib.sha256(_function_source(fn).encode()).hexdigest()
 
 
 def content_key(task_name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> str:
@@ -157,11 +149,13 @@ def content_cache(
         if view is not None:
             kept = view(kept)
         key = content_key(task.name, task.fn, kept)
+        store = getattr(context, "result_store", None)
+        if store is not None:  # before Prefect reads the record: refuse what we did not write
+            key = vet_record(store, key)
         paths = list(outputs(parameters)) if outputs is not None else []
-        if not all(Path(p).exists() for p in paths) or (intact and not intact(parameters)):
-            store = getattr(context, "result_store", None)
-            if store is not None and store.exists(key):
-                return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"
+        stale = not all(Path(p).exists() for p in paths) or (intact and not intact(parameters))
+        if stale and store is not None and store.exists(key):
+            return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"
         return key
 
     return key_fn

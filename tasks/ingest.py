@@ -8,8 +8,9 @@ missing local file, a bad spec or an offline Hub lookup fail at once. ``packft.i
 already retries within one attempt (resuming with HTTP Range); the task-level retries cover
 whole-attempt failures such as a server that is down for a minute.
 
-``validate`` is cached by the input's content digest, format, key map, ``on_invalid`` and
-``repair`` (which decides what is rejected) and ``max_record_bytes``; an ``InvalidRecordError``
+``validate`` is cached by the input's content digest and
+:meth:`packft.ingest.options.ValidateOptions.cache_key` (format, key map, ``on_invalid``,
+``repair``, ``max_record_bytes``: the CLI's own definition); an ``InvalidRecordError``
 (``on_invalid: fail``) fails the run without retries, since re-reading the same bytes cannot help.
 
 ``quality_gate`` (never cached, no retries) runs :func:`packft.ingest.check_quality` over every
@@ -25,7 +26,11 @@ from typing import Any
 from prefect import task
 from prefect.tasks import exponential_backoff
 
+from packft.ingest.options import ValidateOptions
+from packft.ingest.quality import GateResult
+from packft.preprocess.results import ValidationResult
 from tasks.caching import FileRef, content_cache, digest_json
+from tasks.serializer import SERIALIZER
 
 NOT_TRANSIENT = ("ChecksumMismatchError", "HubUnavailableError")
 
@@ -86,50 +91,43 @@ def download(
     ]
 
 
-VALIDATE_FIELDS = ("handler_name", "map_keys", "on_invalid", "repair", "max_record_bytes")
-"""PreprocessConfig fields that change what validation finds."""
-
-
-def validate_settings(cfg: Any) -> dict[str, Any]:
-    return {name: getattr(cfg, name) for name in VALIDATE_FIELDS}
-
-
-def rejects_file(work_dir: Path, stage: str, source: FileRef, settings: dict[str, Any]) -> Path:
-    """Where one input's rejects go (content-addressed, like the shards)."""
-    name = digest_json({"sha256": source.sha256, "settings": settings})[:32]
+def rejects_file(work_dir: Path, stage: str, source: FileRef, options: ValidateOptions) -> Path:
+    """Where one input's rejects go (named by its content and the options' key)."""
+    name = digest_json({"sha256": source.sha256, "options": options.cache_key()})[:32]
     return Path(work_dir) / "rejects" / stage / f"{name}.jsonl"
+
+
+def cache_view(params: dict[str, Any]) -> dict[str, Any]:
+    """What the ``validate`` task's key sees: the input's digest and the options' key."""
+    return {"input": params["source"].sha256, "options": params["options"].cache_key()}
 
 
 @task(
     name="validate",
     cache_key_fn=content_cache(
-        exclude=("work_dir", "cfg"),
-        outputs=lambda p: [rejects_file(p["work_dir"], "validate", p["source"], p["settings"])],
+        exclude=("work_dir",),
+        view=cache_view,
+        outputs=lambda p: [rejects_file(p["work_dir"], "validate", p["source"], p["options"])],
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
-def validate(source: FileRef, settings: dict[str, Any], cfg: Any, work_dir: Path) -> dict[str, Any]:
-    """Check every record of one file (``packft.preprocess.validate_input``); count by reason."""
-    from packft.preprocess import validate_input
+def validate(source: FileRef, options: ValidateOptions, work_dir: Path) -> ValidationResult:
+    """Check every record of one file (``packft.preprocess.validate_source``); count by reason.
 
-    if settings != validate_settings(cfg):
-        raise ValueError("validate: settings do not match cfg; build both from one config")
-    rejects = rejects_file(work_dir, "validate", source, settings)
-    rejects.parent.mkdir(parents=True, exist_ok=True)
-    summary = validate_input(source.path, cfg, rejects)
-    rejects.touch()  # the cache checks that the rejects file exists, even when empty
-    return {
-        "file": source.source or str(source.path),
-        "sha256": source.sha256,
-        **summary.to_dict(),
-        "rejects": str(rejects),
-    }
+    ``options`` come from ``PreprocessConfig.validate_options()`` (the CLI's definition).
+    """
+    from packft.preprocess import InputFile, validate_source
+
+    rejects = rejects_file(work_dir, "validate", source, options)
+    pinned = InputFile(path=source.path, sha256=source.sha256, source=source.source,
+                       size=source.size)  # fmt: skip
+    return validate_source(pinned, options, rejects)
 
 
 @task(name="quality-gate", persist_result=False)
-def quality_gate(checks: list[dict[str, Any]], min_valid_fraction: float) -> dict[str, Any]:
+def quality_gate(checks: list[ValidationResult], min_valid_fraction: float) -> GateResult:
     """Fail the run when too few records are valid (``packft.ingest.check_quality``)."""
     from packft.ingest import check_quality
 
-    result = check_quality(checks, min_valid_fraction)
-    return {"total": result.total, "valid": result.valid, "valid_fraction": result.valid_fraction}
+    return check_quality([c.input_counts() for c in checks], min_valid_fraction)

@@ -16,7 +16,10 @@ from typing import Any
 
 from prefect import task
 
+from packft.pipeline_config import ConvertConfig, ExportConfig
+from packft.train.config import TrainConfig
 from tasks.caching import content_cache, tree_sha256
+from tasks.serializer import SERIALIZER
 
 TRAIN_IGNORED = (
     "tracking", "tracking_uri", "tracking_required", "experiment", "run_name", "log_interval",
@@ -40,8 +43,9 @@ def dataset_digest(prefix: str | Path) -> str:
         outputs=lambda p: [Path(p["config"].save_dir)],
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
-def convert_checkpoint(config: Any, source_digest: str) -> str:
+def convert_checkpoint(config: ConvertConfig, source_digest: str) -> str:
     """Run ``packft convert-ckpt`` (``config`` = its flags); returns the output directory."""
     from packft.ckpt import mcore_to_hf, save_hf_as_mcore
 
@@ -76,9 +80,13 @@ def _train_view(p: dict[str, Any]) -> dict[str, Any]:
         view=_train_view,
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def finetune(
-    config: Any, data_digest: str, model_digest: str, mlflow_parent: dict[str, Any] | None = None
+    config: TrainConfig,
+    data_digest: str,
+    model_digest: str,
+    mlflow_parent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train with ``packft.train.train``; returns its summary (steps, losses, tokens/s, paths)."""
     from packft.track import nest_runs_under
@@ -97,8 +105,9 @@ def finetune(
         outputs=lambda p: [Path(p["config"].mcore_dir)] if p["config"].mcore_dir else [],
     ),
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
-def export(hf_dir: str, hf_digest: str, config: Any) -> dict[str, Any]:
+def export(hf_dir: str, hf_digest: str, config: ExportConfig) -> dict[str, Any]:
     """Final weights for users: the HF dir as trained, plus an mcore copy for MindSpeed if asked."""
     from packft.ckpt import save_hf_as_mcore
 

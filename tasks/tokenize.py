@@ -1,12 +1,12 @@
 """The ``tokenize`` task: one input file -> one Arrow shard of input_ids/labels (per-file cache).
 
-Wraps :func:`packft.preprocess.tokenize_input` (the CLI's step). The shard directory and the cache
-key are both derived from content: the input's SHA-256, the tokenizer directory's digest (every
-file), and the :data:`TOKENIZE_FIELDS` of the config (format, key map, template, seq_length,
-overlong, append_eod, on_invalid, repair, neat_pack, pack_algorithm; not ``workers`` or any
-destination), plus the packft version
-(and, in the key, the task's source). So changing one of N input files
-re-tokenizes exactly that file, and renaming or touching a file re-tokenizes nothing.
+Wraps :func:`packft.preprocess.tokenize_to_shard` (the CLI's step) with the CLI's own options
+(``PreprocessConfig.tokenize_options()``). The shard is ``work_dir/shards/{shard_key[:40]}.arrow``
+and the task's cache key sees that same :func:`packft.tokenize.shard_key` (input content,
+tokenizer content, the options' ``cache_key()``, packft version), plus the task function's own
+source: so the CLI and the flow agree on what is reusable by construction (bfd <-> ffd reuses
+the shards in both), changing one of N input files re-tokenizes exactly that file, and renaming
+or touching a file re-tokenizes nothing. There are no hand-kept field lists.
 
 The flow fans this task out over the files with ``.map`` (threads, or a Dask/Ray cluster).
 """
@@ -18,118 +18,84 @@ from typing import Any
 
 from prefect import task
 
-from packft import __version__
-from tasks.caching import FileRef, content_cache, digest_json, tree_sha256
+from packft.preprocess.results import TokenizeResult
+from packft.tokenize.options import TokenizeOptions
+from tasks.caching import FileRef, content_cache
+from tasks.serializer import SERIALIZER, allow
 
 
+@allow
 class TokenizerRef(FileRef):
     """A tokenizer pinned by the digest of all its files (or its hub id when not local)."""
 
 
 def pin_tokenizer(path_or_id: str) -> TokenizerRef:
-    """Digest a local tokenizer directory; a hub id is keyed by its name (and revision, if any)."""
+    """Pin a tokenizer by :func:`packft.tokenize.tokenizer_fingerprint` (the CLI's identity)."""
+    from packft.tokenize.options import tokenizer_fingerprint
+
     path = Path(path_or_id).expanduser()
-    if path.exists():
-        return TokenizerRef(path=path.resolve(), sha256=tree_sha256(path), source=str(path_or_id))
-    return TokenizerRef(path=path, sha256=f"hub:{path_or_id}", source=str(path_or_id))
+    local = path.resolve() if path.exists() else path
+    return TokenizerRef(
+        path=local, sha256=tokenizer_fingerprint(path_or_id), source=str(path_or_id)
+    )
 
 
-TOKENIZE_FIELDS = (
-    "handler_name",
-    "map_keys",
-    "prompt_type",
-    "tokenizer_type",
-    "seq_length",
-    "overlong",
-    "append_eod",
-    "on_invalid",
-    "repair",  # --repair keeps records that would be rejected: other samples
-    "neat_pack",  # with knapsack + drop, MindSpeed's per-pair neat-pack cut changes the shard
-    "pack_algorithm",
-    "max_record_bytes",  # records over it are rejected (too_large) instead of tokenized
-)
-"""PreprocessConfig fields that change a shard's bytes (``workers`` and destinations do not)."""
+def shard_key_of(source: FileRef, tokenizer: FileRef, options: TokenizeOptions) -> str:
+    """THE shard key (:func:`packft.tokenize.shard_key`): what the CLI names its shard by."""
+    from packft.tokenize.options import shard_key
+
+    return shard_key(source.sha256, tokenizer.sha256, options)
 
 
-def tokenize_settings(cfg: Any) -> dict[str, Any]:
-    """The cache-relevant part of a :class:`packft.preprocess.PreprocessConfig`."""
-    return {name: getattr(cfg, name) for name in TOKENIZE_FIELDS}
+def shard_path(work_dir: Path, key: str) -> Path:
+    """``work_dir/shards/{key[:40]}.arrow``, the CLI's layout under its ``--cache-dir``."""
+    from packft.preprocess.steps import KEY_CHARS
+
+    return Path(work_dir) / "shards" / f"{key[:KEY_CHARS]}.arrow"
 
 
-def shard_dir(
-    work_dir: Path, source: FileRef, tokenizer: FileRef, settings: dict[str, Any]
-) -> Path:
-    """``work_dir/shards/<digest>/``: the digest covers everything that changes the bytes."""
-    name = digest_json(
-        {
-            "input": source.sha256,
-            "tokenizer": tokenizer.sha256,
-            "settings": settings,
-            "packft": __version__,
-        }
-    )[:40]
-    return Path(work_dir) / "shards" / name
+def cache_view(params: dict[str, Any]) -> dict[str, Any]:
+    """What the ``tokenize`` task's key sees: the shard key, nothing else."""
+    return {"shard": shard_key_of(params["source"], params["tokenizer"], params["options"])}
 
 
 def _outputs(p: dict[str, Any]) -> list[Path]:
-    return [shard_dir(p["work_dir"], p["source"], p["tokenizer"], p["settings"]) / "DONE"]
+    return [shard_path(p["work_dir"], cache_view(p)["shard"])]
 
 
 def _intact(p: dict[str, Any]) -> bool:
-    """The shard named by ``DONE`` still matches its checksum record (else re-tokenize)."""
+    """The shard still matches its checksum record (else re-tokenize)."""
     from packft.dataset import check_seal
     from packft.preprocess import rejects_path_for
 
-    done = _outputs(p)[0]
-    shard = done.parent / done.read_text().strip()
+    shard = _outputs(p)[0]
     return check_seal(shard, [rejects_path_for(shard)]) is None
 
 
 @task(
     name="tokenize",
-    cache_key_fn=content_cache(exclude=("work_dir", "cfg"), outputs=_outputs, intact=_intact),
+    cache_key_fn=content_cache(
+        exclude=("work_dir",), view=cache_view, outputs=_outputs, intact=_intact
+    ),  # fmt: skip
     persist_result=True,
+    result_serializer=SERIALIZER,
 )
 def tokenize(
     source: FileRef,
     tokenizer: TokenizerRef,
-    settings: dict[str, Any],
-    cfg: Any,
+    options: TokenizeOptions,
     work_dir: Path,
-) -> dict[str, Any]:
-    """Tokenize one file into its shard (``packft.preprocess.tokenize_input``); return counts.
+) -> TokenizeResult:
+    """Tokenize one file into its shard (``packft.preprocess.tokenize_to_shard``); returns its
+    :class:`TokenizeResult` (counts and the length histogram, counted while tokenizing).
 
-    ``settings`` must equal ``tokenize_settings(cfg)``: it is what the cache sees, while ``cfg``
-    (which also holds destinations and worker counts) is excluded from the key.
+    ``options`` come from ``PreprocessConfig.tokenize_options()``, the CLI's own definition of
+    the work, so the shard (and the key) are the ones ``packft preprocess`` would make.
     """
-    from packft.preprocess import rejects_path_for, tokenize_input
-    from packft.tokenize import read_stats
+    from packft.preprocess import InputFile, TokenizerPin, tokenize_to_shard
 
-    if settings != tokenize_settings(cfg):
-        raise ValueError("tokenize: settings do not match cfg; build both from one config")
-    out_dir = shard_dir(work_dir, source, tokenizer, settings)
-    shard = tokenize_input(source.path, cfg, out_dir)  # reuses a complete shard already there
-    (out_dir / "DONE").write_text(shard.name)
-    stats = read_stats(shard)
-    return {
-        "file": source.source or str(source.path),
-        "sha256": source.sha256,
-        "shard": str(shard),
-        "rejects": str(rejects_path_for(shard)),
-        **{k: stats.get(k) for k in STAT_KEYS},
-    }
-
-
-STAT_KEYS = (
-    "samples_in",
-    "valid",
-    "rejected",
-    "repaired",
-    "truncated",
-    "truncated_marker_lost",
-    "dropped",
-    "written",
-    "tokens",
-    "supervised_tokens",
-    "max_length",
-)
+    return tokenize_to_shard(
+        InputFile(path=source.path, sha256=source.sha256, source=source.source, size=source.size),
+        TokenizerPin(path_or_id=tokenizer.source or str(tokenizer.path), sha256=tokenizer.sha256),
+        options, Path(work_dir) / "shards",
+    )  # fmt: skip

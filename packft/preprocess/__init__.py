@@ -11,31 +11,57 @@ Out: the dataset set of :mod:`packft.dataset` at ``--output-prefix``, the reject
 
 Modules: :mod:`~packft.preprocess.config` (the options, checked at once),
 :mod:`~packft.preprocess.steps` (fetch, validate, tokenize, quality gate, plan, write: the
-functions the Prefect tasks wrap) and :mod:`~packft.preprocess.cli` (the command).
+functions the Prefect tasks wrap), :mod:`~packft.preprocess.results` (the typed result each step
+hands to the next) and :mod:`~packft.preprocess.cli` (the command). What "the same work" is for
+each step is its options object, derived from the config by ``PreprocessConfig.*_options()``.
 """
 
 from packft.preprocess.config import PreprocessConfig
+from packft.preprocess.results import (
+    DatasetStats,
+    InputFile,
+    PlanResult,
+    RecordCounts,
+    TokenizeResult,
+    TokenizerPin,
+    ValidationResult,
+    WriteResult,
+)
 from packft.preprocess.steps import (
     PreprocessResult,
     check_input_quality,
     fetch_inputs,
     plan,
+    plan_shards,
     preprocess,
     rejects_path_for,
     tokenize_input,
+    tokenize_to_shard,
     validate_input,
+    validate_source,
     write,
 )
 
 __all__ = [
+    "DatasetStats",
+    "InputFile",
+    "PlanResult",
     "PreprocessConfig",
     "PreprocessResult",
+    "RecordCounts",
+    "TokenizeResult",
+    "TokenizerPin",
+    "ValidationResult",
+    "WriteResult",
     "check_input_quality",
     "fetch_inputs",
     "plan",
+    "plan_shards",
     "preprocess",
     "rejects_path_for",
     "tokenize_input",
+    "tokenize_to_shard",
     "validate_input",
+    "validate_source",
     "write",
 ]

@@ -11,17 +11,33 @@ then drops what exceeds ``seq_length - 1`` (MindSpeed's ``--pack`` and unpacked 
 instead: each turn's (source, target) pair is cut on its own to ``seq_length - 1`` at
 tokenization, and a sample still longer than that is tail-cut at packing); ``split`` tokenizes
 without a budget and cuts samples into row-sized pieces.
+
+What each stage's work is: :meth:`PreprocessConfig.validate_options`, :meth:`tokenize_options`,
+:meth:`pack_options` and :meth:`write_options` are the one place a config becomes the options of
+a stage (:mod:`packft.ingest.options`, :mod:`packft.tokenize.options`, :mod:`packft.pack.options`,
+:mod:`packft.dataset.options`). Those options objects are the definition of "same work": the
+CLI's shard and plan reuse and the Prefect tasks' cache keys are both their ``cache_key()``.
+Fields in none of them (``workers`` only in ``tokenize_options`` and outside its key,
+``cache_dir``, ``overwrite_cache``, ``log_interval``, ``input``/``input_sha256`` (the input counts
+by content), ``min_valid_fraction`` (a gate, not an output), ``tokenizer_name_or_path`` (the
+tokenizer counts by content)) never make work "different".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from packft.ingest.limits import DEFAULT_MAX_RECORD_BYTES
 from packft.ingest.quality import DEFAULT_MIN_VALID_FRACTION
+
+if TYPE_CHECKING:
+    from packft.dataset.options import WriteOptions
+    from packft.ingest.options import ValidateOptions
+    from packft.pack.options import PackOptions
+    from packft.tokenize.options import TokenizeOptions
 
 HANDLERS = (
     "AlpacaStyleInstructionHandler",
@@ -164,6 +180,58 @@ class PreprocessConfig(BaseModel):
         if self.overlong == "drop":
             return self.seq_length
         return max(2, self.seq_length - 1 - int(self.append_eod))
+
+    # --- the stages' options: the one place a config becomes "what work is done" --------------
+
+    def tokenize_options(self) -> TokenizeOptions:
+        """How each input file is tokenized (budget, marker-keeping and MindSpeed's neat-pack
+        pair cut derived here; ``--pack-algorithm`` matters only through that cut)."""
+        from packft.ingest.keymap import HANDLER_FORMATS
+        from packft.tokenize.options import TokenizeOptions
+
+        return TokenizeOptions(
+            template=self.prompt_type.strip(),
+            fmt=HANDLER_FORMATS[self.handler_name],
+            map_keys=self.map_keys,
+            repair=tuple(self.repair),
+            on_invalid=self.on_invalid,
+            max_record_bytes=self.max_record_bytes,
+            seq_length=self.tokenize_budget(),
+            append_eod=self.append_eod,
+            overlong="truncate",
+            keep_markers=self.overlong == "truncate",  # drop: MindSpeed's bytes; split: no cut
+            pair_cutoff=self.pair_cutoff(),
+            workers=self.workers,
+        )
+
+    def validate_options(self) -> ValidateOptions:
+        """Which records are valid (the tokenize options' validation part)."""
+        return self.tokenize_options().validation()
+
+    def pack_options(self) -> PackOptions:
+        """How the rows are planned."""
+        from packft.pack.options import PackOptions
+
+        return PackOptions(
+            pack=self.pack,
+            capacity=self.capacity,
+            algorithm=self.pack_algorithm,
+            seed=self.pack_seed,
+            mix=self.mix,
+            overlong=self.pack_overlong(),  # type: ignore[arg-type]
+        )
+
+    def write_options(self) -> WriteOptions:
+        """What the write step adds to the shards and the plan."""
+        from packft.dataset.options import WriteOptions
+
+        return WriteOptions(
+            name=self.prefix.name,
+            pack=self.pack,
+            neat_pack=self.neat_pack,
+            seq_length=self.seq_length,
+            dtype=self.dtype,
+        )
 
 
 def _map_keys_problems(handler_name: str, map_keys: dict[str, Any] | None) -> list[str]:

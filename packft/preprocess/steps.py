@@ -1,15 +1,23 @@
 """The steps of ``packft preprocess``; the Prefect tasks in ``tasks/`` wrap exactly these functions.
 
-1. :func:`fetch_inputs`   resolve ``--input`` (file, directory, URL, hf://) to local files
-   (:func:`validate_input` optionally checks a file's records without tokenizing).
-2. :func:`tokenize_input` one input file -> one tokenized Arrow shard, cached under
-   ``--cache-dir`` by (input sha256, tokenizer hash, template, options).
+1. :func:`fetch_inputs`   resolve ``--input`` (file, directory, URL, hf://) to local files,
+   then :meth:`InputFile.pin <packft.preprocess.results.InputFile.pin>` hashes each one, the
+   only time its bytes are hashed (:func:`validate_source` optionally checks a file's records
+   without tokenizing).
+2. :func:`tokenize_to_shard` one input file -> one tokenized Arrow shard, cached under
+   ``--cache-dir`` as ``shards/{shard_key[:40]}.arrow``
+   (:func:`packft.tokenize.shard_key`: input sha256, tokenizer fingerprint, ``TokenizeOptions``).
    :func:`check_input_quality` then refuses input with too few valid records
    (:mod:`packft.ingest.quality`, ``--min-valid-fraction``) before anything is written.
-3. :func:`plan`           all shards' lengths -> one global plan file (:mod:`packft.pack.plan`).
+3. :func:`plan_shards`    all shards' lengths -> one global plan, cached as
+   ``plans/{plan_key[:40]}.npz`` (:func:`packft.pack.options.plan_key`: shard keys +
+   ``PackOptions``), kept in memory for the write.
 4. :func:`write`          rows -> the three ``{prefix}_packed_*_document`` datasets, plan, sidecar.
 
-:func:`preprocess` runs them in that order (the CLI's job).
+:func:`preprocess` runs them in that order (the CLI's job). The Prefect tasks in ``tasks/`` call
+the same functions with the same options objects, so the CLI and the flow reuse exactly the same
+work (both key it with the options' ``cache_key()``); each step returns a typed result
+(:mod:`packft.preprocess.results`).
 
 The write step takes the pad id and vocabulary size from the shard headers; it loads the
 tokenizer only for shards written before the headers carried them.
@@ -26,21 +34,37 @@ is ~90% of it; plan ~1 s, write 1-3 s. Peak RSS over the process tree 0.77 GiB a
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packft import __version__
 from packft.preprocess.config import PreprocessConfig
+from packft.preprocess.results import (
+    InputFile,
+    PlanResult,
+    RecordCounts,
+    TokenizeResult,
+    TokenizerPin,
+    ValidationResult,
+)
+from packft.tokenize.options import SHARD_FORMAT as _SHARD_FORMAT
+
+if TYPE_CHECKING:
+    from packft.ingest.options import ValidateOptions
+    from packft.ingest.quality import GateResult
+    from packft.pack.options import PackOptions
+    from packft.pack.plan import PackPlan
+    from packft.tokenize.options import TokenizeOptions
 
 log = logging.getLogger(__name__)
-SHARD_FORMAT = 2
-"""In the shard cache key: 2 = header with pad/eos ids and vocab size, neat-pack pair cut."""
+KEY_CHARS = 40
+"""Hex characters of a shard or plan key in its file name (160 bits)."""
+SHARD_FORMAT = _SHARD_FORMAT
+"""The shard format in every shard key made here (:data:`packft.tokenize.options.SHARD_FORMAT`)."""
 
 
 @dataclass
@@ -54,21 +78,6 @@ class PreprocessResult:
     seconds: float = 0.0
 
 
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def tokenizer_fingerprint(path: str) -> str:
-    """sha256 over a local tokenizer directory's files (name + bytes); the id for hub names."""
-    local = Path(path).expanduser()
-    digest = hashlib.sha256()
-    if local.is_dir():
-        for file in sorted(p for p in local.iterdir() if p.is_file()):
-            digest.update(file.name.encode() + b"\0" + file.read_bytes())
-    else:
-        digest.update(str(path).encode())
-    return digest.hexdigest()
-
-
 @functools.lru_cache(maxsize=2)
 def _load_tokenizer(path: str, template: str) -> Any:
     from packft.tokenize.templates import load_tokenizer
@@ -76,49 +85,24 @@ def _load_tokenizer(path: str, template: str) -> Any:
     return load_tokenizer(path, template)
 
 
-def _fmt(cfg: PreprocessConfig) -> str:
-    from packft.ingest.keymap import HANDLER_FORMATS
-
-    return HANDLER_FORMATS[cfg.handler_name]
-
-
-def _options(cfg: PreprocessConfig):
-    from packft.tokenize.encode import TokenizeOptions
-
-    return TokenizeOptions(
-        seq_length=cfg.tokenize_budget(),
-        append_eod=cfg.append_eod,
-        overlong="truncate",
-        keep_markers=cfg.overlong == "truncate",  # drop: MindSpeed's bytes; split: no cut
-        pair_cutoff=cfg.pair_cutoff(),
-        workers=cfg.workers,
-        max_record_bytes=cfg.max_record_bytes,
-    )
+def _options(cfg: PreprocessConfig) -> TokenizeOptions:
+    """The tokenize options of ``cfg`` (:meth:`PreprocessConfig.tokenize_options`)."""
+    return cfg.tokenize_options()
 
 
 def _shard_key(path: Path, cfg: PreprocessConfig) -> str:
-    from packft.core.digest import file_sha256
+    """The shard key the CLI uses for ``path`` under ``cfg`` (hashes the input and tokenizer)."""
+    from packft.tokenize.options import shard_key
 
-    key = {
-        "input": file_sha256(path),
-        "tokenizer": tokenizer_fingerprint(cfg.tokenizer_name_or_path),
-        "template": cfg.prompt_type.strip(),
-        "format": _fmt(cfg),
-        "map_keys": cfg.map_keys,
-        "repair": cfg.repair,
-        "options": _options(cfg).recorded(),
-        "on_invalid": cfg.on_invalid,  # a shard made with "skip" must not satisfy "fail"
-        "version": __version__,
-        "shard_format": SHARD_FORMAT,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return shard_key(InputFile.pin(path).sha256, TokenizerPin.pin(cfg.tokenizer_name_or_path).sha256,
+                     cfg.tokenize_options(), SHARD_FORMAT)  # fmt: skip
 
 
 # --- steps --------------------------------------------------------------------------------------
 
 
 def rejects_path_for(shard: Path) -> Path:
-    """Where :func:`tokenize_input` keeps a shard's rejected records (cached with the shard);
+    """Where :func:`tokenize_to_shard` keeps a shard's rejected records (cached with the shard);
     :func:`write` concatenates them into ``{prefix}.rejects.jsonl``."""
     return Path(shard).with_suffix(".rejects.jsonl")
 
@@ -133,41 +117,97 @@ def fetch_inputs(cfg: PreprocessConfig, refresh: bool = False) -> list[Path]:
     )
 
 
-def validate_input(path: Path, cfg: PreprocessConfig, rejects_path: Path | None = None) -> Any:
+def validate_source(
+    source: InputFile, options: ValidateOptions, rejects_path: Path
+) -> ValidationResult:
     """Read and check every record of one input without tokenizing (a cheap pre-flight).
 
-    Returns the :class:`packft.ingest.rejects.ValidationSummary` (total, valid, rejected per
-    reason); with ``--on-invalid fail`` the first invalid record raises ``InvalidRecordError``.
-    ``tokenize_input`` validates too, so this step is optional.
+    With ``on_invalid="fail"`` the first invalid record raises ``InvalidRecordError``. The
+    rejects file exists afterwards, empty when nothing was rejected.
     """
-    from packft.ingest.formats import validate_file
-    from packft.ingest.limits import RecordLimits
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    summary = options.validate(source.path, rejects_path)
+    rejects_path.touch()
+    return ValidationResult(file=source.label, sha256=source.sha256,
+                            counts=RecordCounts(**summary.to_dict()), rejects=rejects_path)  # fmt: skip
 
+
+def validate_input(path: Path, cfg: PreprocessConfig, rejects_path: Path | None = None) -> Any:
+    """:func:`validate_source`'s check for one path and config; returns the
+    :class:`packft.ingest.rejects.ValidationSummary` (total, valid, rejected per reason)."""
     rejects = rejects_path or Path(f"{cfg.prefix}.{Path(path).name}.rejects.jsonl")
-    limits = RecordLimits(max_bytes=cfg.max_record_bytes)
-    return validate_file(
-        Path(path), _fmt(cfg), cfg.map_keys, rejects, cfg.on_invalid, repair=cfg.repair,
-        limits=limits,
+    return cfg.validate_options().validate(Path(path), rejects)
+
+
+def shard_result(source: InputFile, shard: Path, key: str, stats: dict[str, Any]) -> TokenizeResult:
+    """A shard's :class:`TokenizeResult` from its stats (in memory after tokenizing, or the
+    shard's stored stats when reused); a shard from before ``length_counts`` gives its stored
+    lengths instead."""
+    import numpy as np
+
+    from packft.tokenize.shards import read_lengths
+
+    found = stats.get("length_counts")
+    if found is None:
+        values, counts = np.unique(read_lengths(shard), return_counts=True)
+        found = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    counts = RecordCounts(total=int(stats.get("samples_in", 0)), valid=int(stats.get("valid", 0)),
+                          rejected=dict(stats.get("rejected") or {}),
+                          repaired=dict(stats.get("repaired") or {}))  # fmt: skip
+    figures = ("truncated", "truncated_marker_lost", "dropped", "written", "tokens",
+               "supervised_tokens", "max_length")  # fmt: skip
+    return TokenizeResult(
+        file=source.label, sha256=source.sha256, shard=shard, shard_key=key,
+        rejects=rejects_path_for(shard), counts=counts,
+        **{k: int(stats.get(k) or 0) for k in figures},
+        length_counts={int(k): int(v) for k, v in found.items()},
+        lengths_before_cut="length_counts" in stats,
     )  # fmt: skip
 
 
-def check_input_quality(cfg: PreprocessConfig, shard_paths: list[Path], inputs: list[Path]) -> Any:
-    """The quality gate (:func:`packft.ingest.quality.check_quality`) over tokenized shards' counts.
+def tokenize_to_shard(
+    source: InputFile,
+    tokenizer: TokenizerPin,
+    options: TokenizeOptions,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> TokenizeResult:
+    """Tokenize one input into ``out_dir/{shard_key[:40]}.arrow``, or reuse the shard there.
 
-    Raises:
-        packft.ingest.quality.QualityGateError: too few valid records; nothing has been written yet.
+    The name is :func:`packft.tokenize.shard_key` of the input's and the tokenizer's content
+    and ``options`` (not ``workers``), so any change of those re-tokenizes and an unchanged
+    input is never tokenized twice, whatever its name or path. A shard there that fails its
+    checksum record is tokenized again (with a warning); ``overwrite`` always re-tokenizes.
+    ``progress`` gets the number of records of each finished batch.
     """
-    from packft.ingest.quality import InputCounts, check_quality
+    from packft.core.atomic import sweep
+    from packft.dataset.integrity import check_seal, seal, unseal
+    from packft.tokenize.encode import tokenize_file
+    from packft.tokenize.options import shard_key
     from packft.tokenize.shards import read_stats
 
-    counts = []
-    for shard, source in zip(shard_paths, inputs, strict=True):
-        stats = read_stats(shard)
-        rejects = rejects_path_for(shard)
-        counts.append(InputCounts(str(source), int(stats.get("samples_in", 0)),
-                                  int(stats.get("valid", 0)), dict(stats.get("rejected") or {}),
-                                  str(rejects) if rejects.exists() else None))  # fmt: skip
-    return check_quality(counts, cfg.min_valid_fraction)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep(out_dir)
+    key = shard_key(source.sha256, tokenizer.sha256, options, SHARD_FORMAT)
+    shard = out_dir / f"{key[:KEY_CHARS]}.arrow"
+    rejects = rejects_path_for(shard)
+    if shard.exists() and not overwrite:
+        problem = check_seal(shard, [rejects])
+        if problem is None:
+            return shard_result(source, shard, key, read_stats(shard))
+        log.warning("cached shard %s is not reused (%s): tokenizing %s again", shard, problem,
+                    source.label)  # fmt: skip
+    unseal(shard)
+    stats = tokenize_file(
+        source.path, shard, tokenizer_path=tokenizer.path_or_id, options=options,
+        rejects_path=rejects, progress=progress, input_sha256=source.sha256,
+        tokenizer_sha256=tokenizer.sha256,
+    )  # fmt: skip
+    seal(shard, [rejects])
+    return shard_result(source, shard, key, asdict(stats))
 
 
 def tokenize_input(
@@ -176,89 +216,103 @@ def tokenize_input(
     out_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """Tokenize one input file into a shard; reuse the cached shard unless ``overwrite_cache``.
+    """:func:`tokenize_to_shard` for one path and config (``{cache_dir}/shards`` by default);
+    returns the shard."""
+    result = tokenize_to_shard(
+        InputFile.pin(path), TokenizerPin.pin(cfg.tokenizer_name_or_path),
+        cfg.tokenize_options(), Path(out_dir) if out_dir else cfg.cache_path / "shards",
+        overwrite=cfg.overwrite_cache, progress=progress,
+    )  # fmt: skip
+    return result.shard
 
-    The shard lives in ``out_dir`` (default ``{cache_dir}/shards``) under a name keyed by the
-    input's sha256, the tokenizer files' hash, template, format, map keys and options, so any
-    change re-tokenizes and an unchanged input is never tokenized twice. ``progress`` gets the
-    number of records of each finished batch.
+
+def check_input_quality(cfg: PreprocessConfig, shards: Sequence[TokenizeResult]) -> GateResult:
+    """The quality gate (:func:`packft.ingest.quality.check_quality`) over the shards' counts.
+
+    Raises:
+        packft.ingest.quality.QualityGateError: too few valid records; nothing has been written yet.
+    """
+    from packft.ingest.quality import check_quality
+
+    return check_quality([s.input_counts() for s in shards], cfg.min_valid_fraction)
+
+
+def plan_shards(
+    shard_paths: Sequence[Path],
+    shard_keys: Sequence[str],
+    options: PackOptions,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+) -> tuple[PlanResult, PackPlan]:
+    """Plan rows over all shards at once into ``out_dir/{plan_key[:40]}.npz``, or reuse it.
+
+    Returns the plan's :class:`PlanResult` (counts and row-fill histogram) and the plan itself
+    (in memory, so the write step does not load it again). A cached plan that fails its
+    checksum record is planned again; ``overwrite`` always plans again.
     """
     from packft.core.atomic import sweep
     from packft.dataset.integrity import check_seal, seal, unseal
-    from packft.tokenize.encode import tokenize_file
+    from packft.pack.options import plan_key, row_fill_counts
+    from packft.pack.plan import PackPlan, lower_bound_rows
+    from packft.tokenize.shards import TokenShards
 
-    out_dir = Path(out_dir) if out_dir is not None else cfg.cache_path / "shards"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sweep(out_dir)
-    shard = out_dir / f"{Path(path).name}.{_shard_key(Path(path), cfg)[:20]}.arrow"
-    rejects = rejects_path_for(shard)
-    if shard.exists() and not cfg.overwrite_cache:
-        problem = check_seal(shard, [rejects])
+    key = plan_key(list(shard_keys), options)
+    out = Path(out_dir) / f"{key[:KEY_CHARS]}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep(out.parent)
+    the_plan = None
+    if out.exists() and not overwrite:
+        problem = check_seal(out)
         if problem is None:
-            return shard
-        log.warning("cached shard %s is not reused (%s): tokenizing %s again", shard, problem, path)
-    unseal(shard)
-    tokenize_file(
-        Path(path),
-        shard,
-        fmt=_fmt(cfg),
-        map_keys=cfg.map_keys,
-        tokenizer_path=cfg.tokenizer_name_or_path,
-        template=cfg.prompt_type.strip(),
-        options=_options(cfg),
-        rejects_path=rejects,
-        on_invalid=cfg.on_invalid,
-        progress=progress,
-        repair=cfg.repair,
-    )
-    seal(shard, [rejects])
-    return shard
+            the_plan = PackPlan.load(out)
+        else:
+            log.warning("cached plan %s is not reused (%s): planning again", out, problem)
+    if the_plan is None:
+        with TokenShards(list(shard_paths)) as shards:
+            lengths = shards.lengths
+        the_plan = options.plan(lengths)
+        unseal(out)
+        the_plan.save(out)
+        seal(out)
+    result = PlanResult(
+        plan=out, plan_key=key, samples=int(the_plan.num_samples), rows=the_plan.num_rows,
+        capacity=int(the_plan.capacity),
+        lower_bound_rows=lower_bound_rows(int(the_plan.lengths.sum()), the_plan.capacity),
+        dropped=len(the_plan.dropped), truncated=int(the_plan.truncated),
+        split=int(the_plan.split), row_fill=row_fill_counts(the_plan),
+    )  # fmt: skip
+    return result, the_plan
 
 
 def plan(cfg: PreprocessConfig, shard_paths: list[Path]) -> Path:
-    """Plan rows over all shards at once; returns the plan file (in the cache directory)."""
-    from packft.core.atomic import sweep
-    from packft.dataset.integrity import seal, unseal
-    from packft.pack.plan import plan_packing, plan_unpacked
-    from packft.tokenize.shards import TokenShards
-
-    with TokenShards(shard_paths) as shards:
-        lengths = shards.lengths
-    if cfg.pack:
-        result = plan_packing(
-            lengths,
-            cfg.capacity,
-            cfg.pack_algorithm,
-            seed=cfg.pack_seed,
-            mix=cfg.mix,
-            overlong=cfg.pack_overlong(),
-        )
-    else:
-        capacity = cfg.capacity if cfg.capacity is not None else max(1, int(lengths.max(initial=1)))
-        result = plan_unpacked(lengths, capacity, overlong=cfg.pack_overlong())
-    key = hashlib.sha256(
-        json.dumps([[str(p) for p in shard_paths], cfg.model_dump(mode="json")]).encode()
-    ).hexdigest()[:20]
-    out = cfg.cache_path / "plans" / f"{key}.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep(out.parent)
-    unseal(out)
-    result.save(out)
-    seal(out)
-    return out
+    """Plan rows over ``shard_paths`` (any shard files) into ``{cache_dir}/plans``, always anew
+    (the shards are known only by path here); returns the plan file."""
+    keys = [f"path:{Path(p).resolve()}" for p in shard_paths]
+    result, _ = plan_shards(shard_paths, keys, cfg.pack_options(), cfg.cache_path / "plans",
+                            overwrite=True)  # fmt: skip
+    return result.plan
 
 
 def write(
     cfg: PreprocessConfig,
-    shard_paths: list[Path],
+    shard_paths: Sequence[Path],
     plan_file: Path,
-    inputs: list[Path] | None = None,
+    inputs: Sequence[Path | InputFile] | None = None,
     progress: Callable[[int], None] | None = None,
+    *,
+    loaded_plan: PackPlan | None = None,
+    tokenizer: TokenizerPin | None = None,
 ) -> dict[str, Any]:
-    """Build rows and write the datasets, plan and sidecar; returns the sidecar's stats."""
+    """Build rows and write the datasets, plan and sidecar; returns the sidecar's stats.
+
+    ``loaded_plan`` is the plan of ``plan_file`` when the caller holds it in memory (just
+    planned or checked), else the file is checked against its seal and loaded here.
+    ``inputs`` and ``tokenizer`` pinned by the caller are recorded as they are (paths are
+    hashed here).
+    """
     import numpy as np
 
-    from packft.core.digest import file_sha256
     from packft.core.errors import IntegrityError
     from packft.dataset.indexed import optimal_dtype
     from packft.dataset.integrity import check_seal, dataset_stage, seal_path
@@ -267,25 +321,31 @@ def write(
     from packft.pack.plan import PackPlan
     from packft.tokenize.shards import TokenShards, tokenizer_ids
 
+    shard_paths = list(shard_paths)
+    options = cfg.write_options()
     ids = tokenizer_ids(shard_paths)
     if ids is None:  # shards from before the header held the ids (or no shards at all)
-        tokenizer = _load_tokenizer(cfg.tokenizer_name_or_path, cfg.prompt_type.strip())
-        eos = tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        ids = {"pad_id": pad, "eos_id": eos, "vocab_size": len(tokenizer)}
+        tok = _load_tokenizer(cfg.tokenizer_name_or_path, cfg.prompt_type.strip())
+        eos = tok.eos_token_id
+        ids = {"pad_id": tok.pad_token_id if tok.pad_token_id is not None else eos,
+               "eos_id": eos, "vocab_size": len(tok)}  # fmt: skip
     pad_id = ids["pad_id"]
-    ids_dtype = optimal_dtype(ids["vocab_size"]) if cfg.dtype == "optimal" else np.int32
-    problem = check_seal(plan_file) if seal_path(plan_file).exists() else None
-    if problem is not None:
-        raise IntegrityError(f"plan file {plan_file}: {problem}; re-run to plan again")
-    the_plan = PackPlan.load(plan_file)
-    tok = tokenize_totals(shard_paths)
+    ids_dtype = optimal_dtype(ids["vocab_size"]) if options.dtype == "optimal" else np.int32
+    the_plan = loaded_plan
+    if the_plan is None:
+        problem = check_seal(plan_file) if seal_path(plan_file).exists() else None
+        if problem is not None:
+            raise IntegrityError(f"plan file {plan_file}: {problem}; re-run to plan again")
+        the_plan = PackPlan.load(plan_file)
+    pinned = [f if isinstance(f, InputFile) else InputFile.pin(f) for f in inputs or []]
+    tokenizer = tokenizer or TokenizerPin.pin(cfg.tokenizer_name_or_path)
+    totals = tokenize_totals(shard_paths)
     sidecar = {
         "packft_version": __version__,
         "config": cfg.model_dump(mode="json"),
-        "inputs": {str(p): file_sha256(p) for p in (inputs or [])},
+        "inputs": {str(f.path): f.sha256 for f in pinned},
         "tokenizer": cfg.tokenizer_name_or_path,
-        "tokenizer_sha256": tokenizer_fingerprint(cfg.tokenizer_name_or_path),
+        "tokenizer_sha256": tokenizer.sha256,
         "template": cfg.prompt_type.strip(),
         "algorithm": the_plan.algorithm,
         "seed": the_plan.seed,
@@ -295,7 +355,7 @@ def write(
         "input_ids_dtype": np.dtype(ids_dtype).name,
         "shards": [p.name for p in shard_paths],
     }
-    seq_length = cfg.seq_length or int(the_plan.lengths.max(initial=1)) + 1
+    seq_length = options.seq_length or int(the_plan.lengths.max(initial=1)) + 1
     # One stage holds every file of the set: the rejects file, the six data files, the plan and
     # the sidecar are committed together (see packft.dataset.integrity).
     with dataset_stage(cfg.prefix) as stage:
@@ -312,15 +372,15 @@ def write(
                 the_plan,
                 seq_length=seq_length,
                 pad_id=int(pad_id),
-                pack=cfg.pack,
-                neat_pack=cfg.neat_pack,
+                pack=options.pack,
+                neat_pack=options.neat_pack,
                 ids_dtype=ids_dtype,
-                sidecar={**sidecar, "stats": merged_counts(tok, the_plan)},
+                sidecar={**sidecar, "stats": merged_counts(totals, the_plan)},
                 progress=progress,
                 stage=stage,
                 vocab_size=int(ids["vocab_size"]),
             )
-    return {**stats.to_dict(), **merged_counts(tok, the_plan)}
+    return {**stats.to_dict(), **merged_counts(totals, the_plan)}
 
 
 def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> PreprocessResult:
@@ -335,7 +395,6 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
 
     from packft.dataset.indexed import SFT_KEYS, sft_prefix
     from packft.dataset.integrity import prepare_output
-    from packft.pack.plan import PackPlan
 
     prepare_output(cfg.prefix)  # an unwritable output directory fails before any tokenizing
     seconds: dict[str, float] = {}
@@ -349,21 +408,29 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
-    inputs = fetch_inputs(cfg)  # a bad --input fails before any progress output
+    inputs = [InputFile.pin(p) for p in fetch_inputs(cfg)]  # a bad --input fails before output
+    tokenizer = TokenizerPin.pin(cfg.tokenizer_name_or_path)
+    options, store = cfg.tokenize_options(), cfg.cache_path
     lap("fetch")
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
         shards = []
-        for path in inputs:
-            task = bar.add_task(f"tokenize {path.name}", total=None)
-            shards.append(tokenize_input(path, cfg, progress=lambda n, t=task: bar.advance(t, n)))
+        for source in inputs:
+            task = bar.add_task(f"tokenize {source.path.name}", total=None)
+            shards.append(tokenize_to_shard(
+                source, tokenizer, options, store / "shards", overwrite=cfg.overwrite_cache,
+                progress=lambda n, t=task: bar.advance(t, n),
+            ))  # fmt: skip
             bar.update(task, total=bar.tasks[task].completed)
         lap("tokenize")
-        check_input_quality(cfg, shards, inputs)
-        plan_file = plan(cfg, shards)
+        check_input_quality(cfg, shards)
+        paths = [s.shard for s in shards]
+        planned, the_plan = plan_shards(paths, [s.shard_key for s in shards], cfg.pack_options(),
+                                        store / "plans", overwrite=cfg.overwrite_cache)  # fmt: skip
         lap("plan")
-        task = bar.add_task("write rows", total=PackPlan.load(plan_file).num_rows)
-        stats = write(cfg, shards, plan_file, inputs, progress=lambda n: bar.advance(task, n))
+        task = bar.add_task("write rows", total=planned.rows)
+        stats = write(cfg, paths, planned.plan, inputs, lambda n: bar.advance(task, n),
+                      loaded_plan=the_plan, tokenizer=tokenizer)  # fmt: skip
         lap("write")
     stats["seconds"] = seconds
     files = [Path(f"{sft_prefix(cfg.prefix, k)}.{e}") for k in SFT_KEYS for e in ("bin", "idx")]
-    return PreprocessResult(cfg.prefix, files, stats, shards, sum(seconds.values()))
+    return PreprocessResult(cfg.prefix, files, stats, paths, sum(seconds.values()))

@@ -9,10 +9,18 @@ Modules: :mod:`~packft.tokenize.templates` (+ the data table
 :mod:`~packft.tokenize.template_table`) render a conversation into (source, target) pieces per
 turn; :mod:`~packft.tokenize.truncation` holds MindSpeed's and packft's marker-keeping cuts;
 :mod:`~packft.tokenize.encode` batches the Rust encode over worker processes;
-:mod:`~packft.tokenize.shards` writes and reads the shard format.
+:mod:`~packft.tokenize.shards` writes and reads the shard format;
+:mod:`~packft.tokenize.options` is the one definition of "same tokenize work" (the options, the
+tokenizer fingerprint and the shard key that the CLI's shard cache and the Prefect task share).
 """
 
-from packft.tokenize.encode import TokenizeOptions, TokenizeStats, tokenize_file
+from packft.tokenize.encode import TokenizeStats, tokenize_file
+from packft.tokenize.options import (
+    SHARD_FORMAT,
+    TokenizeOptions,
+    shard_key,
+    tokenizer_fingerprint,
+)
 from packft.tokenize.shards import (
     ShardError,
     ShardReader,
@@ -24,6 +32,7 @@ from packft.tokenize.shards import (
 from packft.tokenize.templates import TEMPLATE_NAMES, ChatTemplate, get_template, load_tokenizer
 
 __all__ = [
+    "SHARD_FORMAT",
     "TEMPLATE_NAMES",
     "ChatTemplate",
     "ShardError",
@@ -35,6 +44,8 @@ __all__ = [
     "load_tokenizer",
     "read_lengths",
     "read_stats",
+    "shard_key",
     "tokenize_file",
+    "tokenizer_fingerprint",
     "tokenizer_ids",
 ]

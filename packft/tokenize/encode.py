@@ -66,8 +66,8 @@ in the number of records.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
@@ -85,11 +85,10 @@ import pyarrow as pa
 
 from packft import __version__
 from packft.core.constants import IGNORE_INDEX
-from packft.ingest.limits import DEFAULT_MAX_RECORD_BYTES, RecordLimits
+from packft.ingest.limits import RecordLimits
 from packft.ingest.records import Conversation
-from packft.tokenize.shards import (
-    record_batch,
-)
+from packft.tokenize.options import TokenizeOptions, tokenizer_fingerprint
+from packft.tokenize.shards import record_batch
 from packft.tokenize.shards import write_shard as write_shard_file
 from packft.tokenize.templates import ChatTemplate, Template, get_template, load_tokenizer
 from packft.tokenize.truncation import (
@@ -102,54 +101,6 @@ from packft.tokenize.truncation import (
 )
 
 DEFAULT_CUTOFF = 100_000  # MindSpeed's cutoff_len when --seq-length is not given
-
-
-@dataclass(frozen=True)
-class TokenizeOptions:
-    """How samples are tokenized; every field except ``workers`` is recorded in the shard."""
-
-    seq_length: int | None = None
-    """Truncation budget (MindSpeed ``--seq-length``); None means MindSpeed's 100000."""
-    append_eod: bool = False
-    """Append eos to input_ids and labels of every sample (MindSpeed ``--append-eod``)."""
-    overlong: Literal["truncate", "drop"] = "truncate"
-    """Samples longer than seq_length: cut with MindSpeed's rule, or drop them."""
-    keep_markers: bool = False
-    """Cut inside the user/assistant text and keep every template marker of the kept turns
-    (``--overlong truncate``; :mod:`packft.tokenize.truncation`) instead of MindSpeed's cut."""
-    pair_cutoff: int | None = None
-    """Then cut every (source, target) pair longer than this on its own with
-    :func:`infer_seqlen` (MindSpeed's ``--neat-pack`` does it with ``seq_length - 1``)."""
-    batch_size: int = 2048
-    """Conversations per encode call and per record batch."""
-    workers: int = 1
-    """Processes; the output does not depend on it."""
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-    """Records larger than this are rejected as ``too_large`` before tokenizing
-    (:mod:`packft.ingest.limits`)."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.seq_length is not None and self.seq_length < 2:
-            problems.append(f"seq_length must be >= 2 or None, got {self.seq_length}")
-        if self.pair_cutoff is not None and self.pair_cutoff < 1:
-            problems.append(f"pair_cutoff must be >= 1 or None, got {self.pair_cutoff}")
-        if self.overlong not in ("truncate", "drop"):
-            problems.append(f"overlong must be 'truncate' or 'drop', got {self.overlong!r}")
-        if self.keep_markers and self.pair_cutoff is not None:
-            problems.append("keep_markers does not combine with pair_cutoff (MindSpeed's cut)")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 1:
-            problems.append(f"workers must be >= 1, got {self.workers}")
-        if self.max_record_bytes < 1:
-            problems.append(f"max_record_bytes must be >= 1, got {self.max_record_bytes}")
-        if problems:
-            raise ValueError("invalid tokenize options: " + "; ".join(problems))
-
-    def recorded(self) -> dict[str, Any]:
-        """The options that determine the output bytes (not ``workers``)."""
-        return {k: v for k, v in asdict(self).items() if k != "workers"}
 
 
 @dataclass
@@ -430,15 +381,6 @@ def tokenize_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def tokenizer_fingerprint(tokenizer: Any, template: str) -> str:
-    """sha256 of everything that decides the ids: backend model, specials, chat template."""
-    h = hashlib.sha256(tokenizer._tokenizer.to_str().encode())
-    specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, template]
-    h.update(json.dumps(specials).encode())
-    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
-    return h.hexdigest()
-
-
 def shard_header(stats: TokenizeStats, tokenizer: Any) -> dict[str, Any]:
     """What a shard records up front: its inputs, and the tokenizer ids the write step needs."""
     eos = tokenizer.eos_token_id
@@ -459,30 +401,33 @@ def tokenize_file(
     path: Path,
     out_path: Path,
     *,
-    fmt: str,
-    map_keys: dict[str, str] | None = None,
     tokenizer_path: str | Path,
-    template: str,
     options: TokenizeOptions = TokenizeOptions(),
     rejects_path: Path | None = None,
-    on_invalid: Literal["skip", "fail"] = "skip",
     progress: Callable[[int], None] | None = None,
-    repair: Iterable[str] = (),
+    input_sha256: str | None = None,
+    tokenizer_sha256: str | None = None,
+    fmt: str | None = None,
+    map_keys: dict[str, Any] | None = None,
+    template: str | None = None,
+    on_invalid: Literal["skip", "fail"] | None = None,
+    repair: Iterable[str] | None = None,
 ) -> TokenizeStats:
     """Read, validate, tokenize ``path`` into one Arrow shard at ``out_path`` (atomically).
 
     Args:
         path: one local data file (see :func:`packft.ingest.readers.iter_record_batches`).
         out_path: the shard to write; its directory is created.
-        fmt: ``alpaca`` | ``sharegpt`` | ``openai`` (see :mod:`packft.ingest.formats`).
-        map_keys: MindSpeed ``--map-keys`` renames.
         tokenizer_path: HF tokenizer dir or hub id.
-        template: ``--prompt-type`` (see :data:`packft.tokenize.templates.TEMPLATE_NAMES`).
-        options: see :class:`TokenizeOptions`.
+        options: everything that decides the bytes (:class:`~packft.tokenize.options.
+            TokenizeOptions`: template, format, key map, repairs, ``on_invalid``, budget ...).
         rejects_path: JSONL of rejected records (default ``<out_path>.rejects.jsonl``).
-        on_invalid: ``skip`` counts and logs invalid records, ``fail`` raises on the first.
         progress: called with the number of samples of each finished batch.
-        repair: ``--repair`` kinds (:mod:`packft.ingest.repairs`), counted in ``stats.repaired``.
+        input_sha256: the input's digest when the caller already has it (else read here once).
+        tokenizer_sha256: :func:`~packft.tokenize.options.tokenizer_fingerprint` of the
+            tokenizer, when the caller already has it.
+        fmt, map_keys, template, on_invalid, repair: when given, replace that field of
+            ``options`` (a shorthand for direct calls; the pipeline passes whole options).
 
     Returns:
         The run's :class:`TokenizeStats` (also stored in the shard, see :func:`read_stats`).
@@ -499,14 +444,18 @@ def tokenize_file(
 
     started = time.perf_counter()
     path, out_path = Path(path), Path(out_path)
+    given = {"fmt": fmt, "map_keys": map_keys, "template": template, "on_invalid": on_invalid,
+             "repair": repair}  # fmt: skip
+    options = dataclasses.replace(options, **{k: v for k, v in given.items() if v is not None})
+    template = options.template
     get_template(template)  # unknown names fail before any work
-    repairs = parse_repairs(repair)
+    repairs = parse_repairs(options.repair)
     tokenizer = load_tokenizer(tokenizer_path, template)
     stats = TokenizeStats(
         template=template,
-        tokenizer_sha256=tokenizer_fingerprint(tokenizer, template),
-        input_sha256=file_sha256(path),
-        options={**options.recorded(), "format": fmt, "map_keys": map_keys, "repair": repairs},
+        tokenizer_sha256=tokenizer_sha256 or tokenizer_fingerprint(tokenizer_path),
+        input_sha256=input_sha256 or file_sha256(path),
+        options=options.recorded(),
     )
     rejects_path = rejects_path or out_path.with_name(out_path.name + ".rejects.jsonl")
 
@@ -515,10 +464,10 @@ def tokenize_file(
             stats.samples_in += len(batch.rows)
             yield batch
 
-    with RejectLog(rejects_path, on_invalid) as rejects:
+    with RejectLog(rejects_path, options.on_invalid) as rejects:
         limits = RecordLimits(max_bytes=options.max_record_bytes)
         records = counted(iter_record_batches(path, options.batch_size, limits))
-        convs = iter_conversations(records, fmt, map_keys, rejects, repairs)
+        convs = iter_conversations(records, options.fmt, options.map_keys, rejects, repairs)
         encoded = tokenize_batches(convs, tokenizer_path, template, options, tokenizer)
 
         def finish(st: TokenizeStats) -> None:

@@ -264,9 +264,6 @@ def test_preprocess_counts_repairs_and_shows_top_rejects(
 
 
 def test_repair_decides_cache_reuse(tmp_path: Path, llama2_tokenizer_dir: Path) -> None:
-    from tasks.ingest import VALIDATE_FIELDS, validate_settings
-    from tasks.tokenize import TOKENIZE_FIELDS, tokenize_settings
-
     data = tmp_path / "d.json"
     data.write_text(json.dumps(_records()))
     base = dict(input=str(data), tokenizer_name_or_path=str(llama2_tokenizer_dir),
@@ -275,10 +272,10 @@ def test_repair_decides_cache_reuse(tmp_path: Path, llama2_tokenizer_dir: Path) 
     plain = PreprocessConfig(**base)
     one = PreprocessConfig(**base, repair="leading-assistant")
     same = PreprocessConfig(**base, repair=["leading_assistant"])
-    assert "repair" in VALIDATE_FIELDS and "repair" in TOKENIZE_FIELDS
     assert _shard_key(data, plain) != _shard_key(data, one) == _shard_key(data, same)
-    assert tokenize_settings(plain) != tokenize_settings(one) == tokenize_settings(same)
-    assert validate_settings(plain) != validate_settings(one)
+    key = [c.tokenize_options().cache_key() for c in (plain, one, same)]
+    assert key[0] != key[1] == key[2]  # what the flow's tokenize task keys on
+    assert plain.validate_options().cache_key() != one.validate_options().cache_key()
     # the CLI takes comma-separated or several values; unknown kinds are a usage error
     out = tmp_path / "o"
     cli = ["preprocess", "--input", str(data), "--tokenizer-name-or-path",
@@ -294,31 +291,31 @@ def test_repair_decides_cache_reuse(tmp_path: Path, llama2_tokenizer_dir: Path) 
 def test_flow_logs_repairs_and_marker_loss_to_mlflow(
     sharegpt_v3: Path, tmp_path: Path, llama2_tokenizer_dir: Path
 ) -> None:
-    """What the pack-dataset flow logs for its validate and tokenize stages, from the same dicts
-    its tasks return (``validate_input`` summary, ``STAT_KEYS`` of the shard), into MLflow."""
+    """What the pack-dataset flow logs for its validate and tokenize stages, from the typed
+    results its tasks return (``ValidationResult``, ``TokenizeResult``), into MLflow."""
     from mlflow import MlflowClient
 
     from flows.reporting import log_tokenize, log_validation
-    from packft.preprocess.steps import rejects_path_for, tokenize_input, validate_input
-    from packft.tokenize.shards import read_stats
+    from packft.preprocess import InputFile, TokenizerPin, tokenize_to_shard, validate_source
     from packft.track.tracking import make_tracker
-    from tasks.tokenize import STAT_KEYS
 
     cfg = PreprocessConfig(input=str(sharegpt_v3), output_prefix=str(tmp_path / "o"),
                            tokenizer_name_or_path=str(llama2_tokenizer_dir), prompt_type="llama2",
                            handler_name="SharegptStyleInstructionHandler", map_keys=BING,
                            repair=ALL, seq_length=24, overlong="drop",
                            cache_dir=str(tmp_path / "c"))  # fmt: skip
-    check = validate_input(sharegpt_v3, cfg, tmp_path / "v.jsonl").to_dict()
-    shard = tokenize_input(sharegpt_v3, cfg)
-    stats = read_stats(shard)
+    source = InputFile.pin(sharegpt_v3)
+    check = validate_source(source, cfg.validate_options(), tmp_path / "v.jsonl")
+    shard = tokenize_to_shard(source, TokenizerPin.pin(cfg.tokenizer_name_or_path),
+                              cfg.tokenize_options(), cfg.cache_path / "shards")  # fmt: skip
+    stats = {"truncated_marker_lost": shard.truncated_marker_lost, "truncated": shard.truncated,
+             "valid": shard.counts.valid}  # fmt: skip
     assert 0 < stats["truncated_marker_lost"] <= stats["truncated"] < stats["valid"] == 12
-    shard_row = {"shard": str(shard), "rejects": str(rejects_path_for(shard)),
-                 **{k: stats.get(k) for k in STAT_KEYS}}  # fmt: skip
+    assert sum(shard.length_counts.values()) == 12  # the histogram, counted while tokenizing
     store = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = make_tracker(store, "unit-repairs", "flow")
     assert log_validation(tracker, [check])["repaired"] == _repaired()
-    assert log_tokenize(tracker, [shard_row])["repaired"] == _repaired()
+    assert log_tokenize(tracker, [shard])["repaired"] == _repaired()
     tracker.close()
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([tracker.experiment_id],

@@ -1,0 +1,201 @@
+"""What each preprocess step hands to the next: typed, JSON-serialisable results.
+
+These are the joins between the steps (and between the Prefect tasks that wrap them): a step
+returns one of these models and the next reads attributes, never magic dict keys. Each one is
+computed where its data is: the tokenize step counts lengths while the shard is in memory
+(:attr:`TokenizeResult.length_counts`), the plan step counts row fills while the plan is in
+memory (:attr:`PlanResult.row_fill`), so a report never re-reads shards or plans from disk.
+
+Every input file is hashed once, when it is pinned (:meth:`InputFile.pin`); every later step
+takes the digest from the :class:`InputFile`. The Prefect tasks persist these models as JSON
+(``tasks.serializer``), rebuilding only the models listed there, by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from packft.ingest.quality import InputCounts
+
+
+class Result(BaseModel):
+    """Base of the step results: immutable, and unknown fields are an error (no silent drift)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputFile(Result):
+    """An input file pinned by content: keys see ``sha256``, never the path or mtime."""
+
+    path: Path
+    """Where the bytes are on this machine (the file, or the local copy of a URL)."""
+    sha256: str
+    """Hex SHA-256 of the bytes (computed once, by :meth:`pin`)."""
+    source: str = ""
+    """The ``--input`` it came from (path, URL, hf:// id): for logs and MLflow dataset sources."""
+    size: int = 0
+    """Bytes."""
+
+    @classmethod
+    def pin(cls, path: Path, source: str = "") -> InputFile:
+        """Hash ``path`` (the only time its bytes are hashed in a run)."""
+        from packft.core.digest import file_sha256
+
+        path = Path(path).resolve()
+        return cls(path=path, sha256=file_sha256(path), source=source or str(path),
+                   size=path.stat().st_size)  # fmt: skip
+
+    @property
+    def label(self) -> str:
+        return self.source or str(self.path)
+
+
+class TokenizerPin(Result):
+    """A tokenizer pinned by content (:func:`packft.tokenize.tokenizer_fingerprint`)."""
+
+    path_or_id: str
+    """The ``--tokenizer-name-or-path`` as given."""
+    sha256: str
+    """Its fingerprint (every file of the directory; the name for a hub id)."""
+
+    @classmethod
+    def pin(cls, path_or_id: str) -> TokenizerPin:
+        from packft.tokenize.options import tokenizer_fingerprint
+
+        return cls(path_or_id=str(path_or_id), sha256=tokenizer_fingerprint(path_or_id))
+
+
+class RecordCounts(Result):
+    """Records of one input (or of a run): read, valid, rejected per reason, repaired per kind."""
+
+    total: int
+    valid: int
+    rejected: dict[str, int] = Field(default_factory=dict)
+    repaired: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @classmethod
+    def summed(cls, items: list[RecordCounts]) -> RecordCounts:
+        """The counts of several inputs together."""
+        rejected: dict[str, int] = {}
+        repaired: dict[str, int] = {}
+        for item in items:
+            for name, n in item.rejected.items():
+                rejected[name] = rejected.get(name, 0) + n
+            for name, n in item.repaired.items():
+                repaired[name] = repaired.get(name, 0) + n
+        return cls(total=sum(i.total for i in items), valid=sum(i.valid for i in items),
+                   rejected=dict(sorted(rejected.items())),
+                   repaired=dict(sorted(repaired.items())))  # fmt: skip
+
+    def figures(self) -> dict[str, object]:
+        """The numbers as a flat mapping for tracking (``rejected_total`` included)."""
+        return {**self.model_dump(), "rejected_total": self.rejected_total}
+
+
+class ValidationResult(Result):
+    """One input file checked record by record (no tokenizing)."""
+
+    file: str
+    """The input's label (source spec or path)."""
+    sha256: str
+    counts: RecordCounts
+    rejects: Path
+    """The JSONL of this file's rejected records (empty when none)."""
+
+    def input_counts(self) -> InputCounts:
+        """What the quality gate needs of this file."""
+        c = self.counts
+        return InputCounts(self.file, c.total, c.valid, dict(c.rejected), str(self.rejects))
+
+
+class TokenizeResult(Result):
+    """One input file tokenized into one shard (or the shard reused), with its counts."""
+
+    file: str
+    sha256: str
+    """The input's content digest."""
+    shard: Path
+    shard_key: str
+    """:func:`packft.tokenize.shard_key` (input, tokenizer, options, version): the shard's name."""
+    rejects: Path
+    counts: RecordCounts
+    truncated: int = 0
+    truncated_marker_lost: int = 0
+    dropped: int = 0
+    written: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    max_length: int = 0
+    length_counts: dict[int, int] = Field(default_factory=dict)
+    """Samples per length before any cut (the length histogram, counted while tokenizing)."""
+    lengths_before_cut: bool = True
+    """False for a shard from before ``length_counts`` existed: the stored (cut) lengths."""
+
+    def input_counts(self) -> InputCounts:
+        c = self.counts
+        return InputCounts(self.file, c.total, c.valid, dict(c.rejected), str(self.rejects))
+
+
+class PlanResult(Result):
+    """The rows planned over all shards."""
+
+    plan: Path
+    """The plan file (``.npz``, sealed)."""
+    plan_key: str
+    """:func:`packft.pack.options.plan_key` (shard keys + pack options): the plan's name."""
+    samples: int
+    rows: int
+    capacity: int
+    lower_bound_rows: int
+    dropped: int = 0
+    truncated: int = 0
+    split: int = 0
+    row_fill: dict[int, int] = Field(default_factory=dict)
+    """Rows per real-token count (the row-fill histogram, counted while the plan was in
+    memory)."""
+
+
+class DatasetStats(Result):
+    """What a written dataset holds: the sidecar's ``stats`` (tokenize + plan + row counts)."""
+
+    samples_in: int
+    valid: int
+    rejected: dict[str, int] = Field(default_factory=dict)
+    rejected_total: int = 0
+    repaired: dict[str, int] = Field(default_factory=dict)
+    truncated: int = 0
+    truncated_marker_lost: int = 0
+    dropped: int = 0
+    split: int = 0
+    seq_length: int
+    rows: int = 0
+    items: int = 0
+    total_tokens: int = 0
+    supervised_tokens: int = 0
+    lower_bound_rows: int = 0
+    efficiency: float = 0.0
+    pad_fraction: float = 0.0
+    samples_per_row_mean: float = 0.0
+    samples_per_row_min: int = 0
+    samples_per_row_max: int = 0
+    samples_per_row_histogram: dict[str, int] = Field(default_factory=dict)
+    sum_squared_lengths: int = 0
+    efficiency_padded_alone: float = 0.0
+
+
+class WriteResult(Result):
+    """A dataset version written (or found): where it is and the sidecar's stats."""
+
+    version: Path
+    """The version directory."""
+    prefix: Path
+    """``{version}/{name}``: the ``--data-path`` prefix of the written set."""
+    stats: dict[str, Any] = Field(default_factory=dict)
+    """The sidecar's ``stats`` (:func:`packft.preprocess.write`'s figures)."""
