@@ -44,7 +44,9 @@ def test_ray_local_instance_matches_threads(
     ray_sandbox: Path,
 ) -> None:
     from flows.pack_dataset import pack_dataset
+    from packft.track.tracking_link import apply_http_defaults
 
+    apply_http_defaults()  # packft's own, deliberate MLflow settings: not the cluster's doing
     fresh_inputs[2].unlink()  # two files: one per Ray CPU
     cfg = pack_config(fresh_inputs[0].parent, tmp_path)
     on_ray = cfg.model_copy(update={"run": cfg.run.model_copy(update={"task_runner": "ray"})})
