@@ -8,9 +8,10 @@ spawn, a tokenizer copy (~0.3 s, ~100+ MiB) and Rust threads fighting over the s
 issue measured this on 2 cores: ``--workers 2`` 16.1 s / 899 MiB against 13.2 s / 648 MiB for 1.
 
 Rule (per batch: Python work ``P`` on one core, Rust work ``R`` core-seconds spread over the
-cores; for Alpaca under llama2, ``R`` ~ 3.6 ``P``): ``w`` pipelined processes take
-``max(P / w, (P + R) / cores)``, so more than ``ceil(cores * P / (P + R))`` ~ ``cores / 4.6``
-processes cannot help. Hence:
+cores; for Alpaca under llama2 ``R`` is 2-4 ``P``: the issue's profile has 10.1 s of 2-thread
+Rust encode against ~5 s of Python): ``w`` pipelined processes take
+``max(P / w, (P + R) / cores)``, so more than ``ceil(cores * P / (P + R))``, i.e. ``cores / 3`` to
+``cores / 5``, processes cannot help. Hence:
 
 * the Rust encoder runs multi-threaded (the default): at most ``max(1, cores // 4)`` processes;
 * it runs on one thread (``TOKENIZERS_PARALLELISM=false`` or ``RAYON_NUM_THREADS=1``), or the
