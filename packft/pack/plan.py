@@ -27,7 +27,10 @@ with the same rows; a pure-Python greedy knapsack (MindSpeed's) takes 2.5 s for 
 Memory: lengths, indices and starts are int32 below 2**31 items and no Python object exists per
 sample, so planning holds ~20 bytes per sample at its peak (input lengths 4, clipped lengths 4,
 the kernel's three index arrays 12; ``starts`` of unsplit plans are untouched zero pages) and
-the plan itself 8 (items + lengths): see ``plan_100m`` in benchmarks/bench_pack.py.
+the plan itself 8 (items + lengths). ``plan_big`` in benchmarks/bench_pack.py, 100M synthetic
+lengths, bfd, 2026-11-29 at load average 7-9 on 2 cores: 18.0 CPU seconds (44.7 s wall), peak RSS
+2.08 GiB for the whole process (0.64 GiB before planning: imports + the 400 MB of lengths),
+15.5 bytes per sample added by planning (49 before this layout, measured at 10M).
 """
 
 from __future__ import annotations
