@@ -9,7 +9,13 @@ same process. JIT cost is reported honestly: ``cold_process_bfd_*`` time import 
 the largest size with bfd in a fresh process, with an empty numba cache (first run ever: compile)
 and with numba's on-disk cache (every later run); the per-size runs are warm.
 
+``plan_big`` (issue 14, goal 2): a fresh process draws ``--big-n`` (default 100M) clipped
+lognormal lengths into an int32 array (in chunks, so drawing them costs no memory peak) and plans
+them with bfd; it reports seconds, the process's peak RSS (``ru_maxrss``, everything included)
+and the bytes per sample planning added, against the goal (< 30 s, < 3 GiB).
+
     .venv/bin/python benchmarks/bench_pack.py [--sizes 1000000 10000000] [--no-baseline]
+    .venv/bin/python benchmarks/bench_pack.py --quick      # 1M sizes, 10M big plan, no baseline
 """
 
 from __future__ import annotations
@@ -81,12 +87,62 @@ def cold_plan_seconds(lengths_file: str, cache_dir: str | None) -> float:
     return float(out.stdout.strip())
 
 
+def _plan_big_child(n: int) -> None:
+    """Child body: n synthetic lengths (int32) planned with bfd; prints JSON."""
+    import resource
+
+    from packft.pack.plan import plan_packing, warmup
+
+    warmup()  # numba's cached kernels (JIT on the first run ever): not part of the planning
+    lengths = np.empty(n, np.int32)
+    rng = np.random.default_rng(2)
+    for at in range(0, n, 10_000_000):
+        k = min(10_000_000, n - at)
+        lengths[at : at + k] = np.clip(rng.lognormal(np.log(117), 0.95, k), 4, 760)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t, cpu = time.perf_counter(), time.process_time()
+    plan = plan_packing(lengths, SEQ_LENGTH - 1, "bfd")
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tokens = int(lengths.sum(dtype=np.int64))
+    print(json.dumps({
+        "n": n, "algorithm": "bfd", "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2), "rows": plan.num_rows,
+        "lower_bound": -(-tokens // (SEQ_LENGTH - 1)),
+        "peak_rss_gib": round(peak / 2**30, 3),
+        "rss_before_planning_gib": round(before / 2**30, 3),
+        "planning_bytes_per_sample": round((peak - before) / n, 1),
+        "plan_bytes_per_sample": round((plan.items.nbytes + plan.lengths.nbytes) / n, 1),
+        "goal_under_30s": seconds < 30, "goal_under_3gib": peak < 3 * 2**30,
+    }))  # fmt: skip
+
+
+def plan_big(n: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--plan-big-child", str(n)], capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    return {"load1_before": LOAD_BEFORE, **json.loads(out.stdout)}
+
+
+LOAD_BEFORE: float = 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--baseline-size", type=int, default=1_000_000)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--big-n", type=int, default=None, help="default 100M (quick 10M); 0: off")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--plan-big-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plan_big_child is not None:
+        _plan_big_child(args.plan_big_child)
+        return
+    if args.quick:
+        args.sizes, args.no_baseline = [1_000_000], True
+    big_n = args.big_n if args.big_n is not None else (10_000_000 if args.quick else 100_000_000)
 
     capacity = SEQ_LENGTH - 1
     source = alpaca_lengths()
@@ -106,6 +162,7 @@ def main() -> None:
         "source_median": float(np.median(source)),
         "source_p99": float(np.percentile(source, 99)),
         "source_max": int(source.max()),
+        "load_avg_start": os.getloadavg(),
         "cold_process_bfd_n": max(args.sizes),
         "cold_process_bfd_empty_numba_cache_s": round(cold_empty, 2),
         "cold_process_bfd_cached_kernels_s": round(cold_cached, 2),
@@ -189,6 +246,11 @@ def main() -> None:
             "packft_knapsack_identical_rows": same,
             "speedup": round(seconds / ours_s, 1),
         }
+    if big_n:
+        global LOAD_BEFORE
+        LOAD_BEFORE = round(os.getloadavg()[0], 2)
+        result["plan_big"] = plan_big(big_n)
+    result["load_avg_end"] = os.getloadavg()
     print(json.dumps(result, indent=1))
 
 

@@ -7,12 +7,30 @@ stages), file digests (:mod:`~packft.core.digest`), fault-injection points for t
 and shared constants (:mod:`~packft.core.constants`).
 """
 
-from packft.core.atomic import Stage, atomic_write_bytes, atomic_writer, fsync_dir, sweep
-from packft.core.config import add_model_arguments, load_config, model_from_args, read_yaml
-from packft.core.constants import IGNORE_INDEX
-from packft.core.digest import file_sha256
-from packft.core.errors import ConfigError, IntegrityError, PackftError, UsageError, one_line
-from packft.core.faults import inject
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562), so `packft --help` and the error path of the CLI
+# do not pay for pydantic (packft.core.config) or the journaled writer: ~0.5 s of start-up.
+_LAZY = {
+    "Stage": "atomic", "atomic_write_bytes": "atomic", "atomic_writer": "atomic",
+    "fsync_dir": "atomic", "sweep": "atomic",
+    "add_model_arguments": "config", "load_config": "config", "model_from_args": "config",
+    "read_yaml": "config",
+    "IGNORE_INDEX": "constants",
+    "file_sha256": "digest",
+    "ConfigError": "errors", "IntegrityError": "errors", "PackftError": "errors",
+    "UsageError": "errors", "one_line": "errors",
+    "inject": "faults",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'packft.core' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"packft.core.{module}"), name)
+
 
 __all__ = [
     "IGNORE_INDEX",

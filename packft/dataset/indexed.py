@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import struct
+from array import array as typed_array
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -113,8 +114,9 @@ class IndexedDatasetWriter:
             self._bin_tmp = stage.temp(self._bin_final)
             self._idx_tmp = stage.temp(self._idx_final)
             self._bin = stage.open(self._bin_final)
-        self._lengths: list[int] = []
-        self._documents: list[int] = [0]
+        # typed arrays, not lists: 4 + 8 bytes per sequence instead of ~70 (no int objects)
+        self._lengths = typed_array("i")  # int32, as in the index
+        self._documents = typed_array("q", [0])
         self._finalized = False
 
     def add(self, sequence: Sequence[int] | np.ndarray) -> None:
@@ -166,11 +168,11 @@ class IndexedDatasetWriter:
         return [(self._bin_tmp, self._bin_final), (self._idx_tmp, self._idx_final)]
 
     def _write_index(self, index: Any) -> None:
-        lengths = np.asarray(self._lengths, dtype=np.int32)
+        lengths = np.frombuffer(self._lengths, dtype=np.intc).astype(np.int32, copy=False)
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
             np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        documents = np.asarray(self._documents, dtype=np.int64)
+        documents = np.frombuffer(self._documents, dtype=np.int64)
         index.write(MAGIC)
         index.write(struct.pack("<Q", VERSION))
         index.write(struct.pack("<B", self.code))

@@ -272,7 +272,7 @@ def row_stats(plan: PackPlan, seq_length: int, pack: bool, supervised: int) -> R
         )
         counts = np.bincount(per_row)
         stats.samples_per_row_histogram = {str(k): int(c) for k, c in enumerate(counts) if c}
-    stats.sum_squared_lengths = int(np.sum(plan.lengths.astype(np.int64) ** 2))
+    stats.sum_squared_lengths = int(np.square(plan.lengths, dtype=np.int64).sum())  # one int64 temp
     stats.efficiency_padded_alone = (
         total / (len(plan.items) * seq_length) if len(plan.items) else 0.0
     )

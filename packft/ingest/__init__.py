@@ -15,17 +15,45 @@ match the name), :mod:`~packft.ingest.readers` / :mod:`~packft.ingest.json_text`
 :mod:`~packft.ingest.rejects`), :mod:`~packft.ingest.quality` (the gate).
 """
 
-from packft.ingest.download import DownloadError
-from packft.ingest.formats import iter_conversations, validate_file
-from packft.ingest.keymap import HANDLER_FORMATS, get_key_map
-from packft.ingest.limits import DEFAULT_MAX_RECORD_BYTES, RecordLimits
-from packft.ingest.quality import InputCounts, QualityGateError, check_quality
-from packft.ingest.readers import FORMATS, detect_format, iter_record_batches
-from packft.ingest.records import Conversation, Message
-from packft.ingest.rejects import InvalidRecordError, RejectLog, ValidationSummary
-from packft.ingest.repairs import REPAIRS, parse_repairs
-from packft.ingest.sources import resolve_input
-from packft.ingest.stream import BadRow, RecordBatch, SourceError
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562): the CLI's argument parsing (packft.preprocess.config
+# needs only packft.ingest.limits) does not pay for the readers, pyarrow and the formats.
+_LAZY = {
+    "DownloadError": "download",
+    "iter_conversations": "formats",
+    "validate_file": "formats",
+    "HANDLER_FORMATS": "keymap",
+    "get_key_map": "keymap",
+    "DEFAULT_MAX_RECORD_BYTES": "limits",
+    "RecordLimits": "limits",
+    "InputCounts": "quality",
+    "QualityGateError": "quality",
+    "check_quality": "quality",
+    "FORMATS": "readers",
+    "detect_format": "readers",
+    "iter_record_batches": "readers",
+    "Conversation": "records",
+    "Message": "records",
+    "InvalidRecordError": "rejects",
+    "RejectLog": "rejects",
+    "ValidationSummary": "rejects",
+    "REPAIRS": "repairs",
+    "parse_repairs": "repairs",
+    "resolve_input": "sources",
+    "BadRow": "stream",
+    "RecordBatch": "stream",
+    "SourceError": "stream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'packft.ingest' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"packft.ingest.{module}"), name)
+
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",

@@ -17,7 +17,10 @@ Algorithms (all O(n log C) with C = capacity, compiled with numba, the whole dat
 * ``sequential``  next-fit in input order (order-preserving; the least tight).
 
 Each kernel returns ``(row_offsets, order)``: row r holds ``order[row_offsets[r]:row_offsets[r+1]]``
-(indices into the lengths). :mod:`packft.pack.plan` turns that into a
+(indices into the lengths). Memory: every per-item array (the length-sorted positions, the row
+of each item, the row stacks, the order) has the dtype of ``lens``; :mod:`packft.pack.plan` passes
+int32 lengths below 2**31 items, so a kernel holds ~16 bytes per item (bfd reuses its stack array
+for the order) and nothing per item outside numpy. :mod:`packft.pack.plan` turns that into a
 :class:`~packft.pack.plan.PackPlan`.
 """
 
@@ -103,7 +106,7 @@ def _greedy_fill(lens: np.ndarray, capacity: int, lifo: bool) -> tuple[np.ndarra
     start = np.zeros(capacity + 2, np.int64)
     for v in range(capacity + 1):
         start[v + 1] = start[v] + count[v]
-    by_len = np.empty(n, np.int64)  # positions grouped by length, ascending index within a group
+    by_len = np.empty(n, lens.dtype)  # positions grouped by length, ascending index within a group
     fill = start[:-1].copy()
     for k in range(n):
         by_len[fill[lens[k]]] = k
@@ -115,8 +118,8 @@ def _greedy_fill(lens: np.ndarray, capacity: int, lifo: bool) -> tuple[np.ndarra
     for v in range(capacity + 1):
         if count[v] > 0:
             _tree_set(tree, size, v, True)
-    order = np.empty(n, np.int64)
-    offsets = np.empty(n + 1, np.int64)
+    order = np.empty(n, lens.dtype)
+    offsets = np.empty(n + 1, np.int64)  # only the first rows + 1 entries are ever touched
     placed = 0
     rows = 0
     while placed < n:
@@ -154,7 +157,7 @@ def _best_fit_decreasing(lens: np.ndarray, capacity: int) -> tuple[np.ndarray, n
     for v in range(capacity, -1, -1):
         pos[v] = acc
         acc += count[v]
-    by_len = np.empty(n, np.int64)
+    by_len = np.empty(n, lens.dtype)
     for k in range(n):
         by_len[pos[lens[k]]] = k
         pos[lens[k]] += 1
@@ -162,8 +165,8 @@ def _best_fit_decreasing(lens: np.ndarray, capacity: int) -> tuple[np.ndarray, n
     tree = np.zeros(2 * size, np.uint8)
     rows_at = np.zeros(capacity + 1, np.int64)  # open rows per free-space value
     head = np.full(capacity + 1, -1, np.int64)  # stack of rows per free-space value
-    nxt = np.empty(n + 1, np.int64)
-    row_at = np.empty(n, np.int64)  # row of the j-th item in processing order
+    nxt = np.empty(n + 1, lens.dtype)  # next row in the same stack; reused below as the order
+    row_at = np.empty(n, lens.dtype)  # row of the j-th item in processing order
     rows = 0
     j = 0
     for s in range(capacity, -1, -1):  # items by decreasing length: no random reads of lens
@@ -193,7 +196,7 @@ def _best_fit_decreasing(lens: np.ndarray, capacity: int) -> tuple[np.ndarray, n
     for b in range(rows):
         offsets[b + 1] += offsets[b]
     fill = offsets[:-1].copy()
-    order = np.empty(n, np.int64)
+    order = nxt[:n]  # the stacks are done with: their memory holds the order (n+1 >= n)
     for j in range(n):
         b = row_at[j]
         order[fill[b]] = by_len[j]
@@ -214,7 +217,7 @@ def _next_fit(lens: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
             free = capacity
         free -= lens[k]
     offsets[rows] = n
-    return offsets[: rows + 1].copy(), np.arange(n).astype(np.int64)
+    return offsets[: rows + 1].copy(), np.arange(n).astype(lens.dtype)
 
 
 def run_kernel(lens: np.ndarray, capacity: int, algorithm: str) -> tuple[np.ndarray, np.ndarray]:

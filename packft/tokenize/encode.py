@@ -40,15 +40,18 @@ target keeps its share. MindSpeed applies it per pair, not to the sum, so a mult
 can still exceed ``seq_length - 1``; its packer then tail-cuts it. Samples changed by either
 cut are counted as truncated.
 
-Parallelism: ``workers == 1`` runs in-process and lets the Rust backend use every core.
-``workers > 1`` starts ``spawn`` processes (never ``fork``: a live Rust thread pool does not
-survive a fork) that rebuild the main process's fixed-up tokenizer from its serialized backend
-(no transformers import, ~0.3 s) and give the Rust encoder ``cores // workers`` threads; with
-as many workers as cores that is ``TOKENIZERS_PARALLELISM=false``, because N processes times N
-Rust threads would only oversubscribe the cores. The main process reads and validates; batches
+Parallelism: ``options.workers`` is a ceiling; :func:`packft.tokenize.workers.choose_workers`
+picks the process count that helps from the cores and the Rust encoder's own threads (on 2 cores
+with a table template: 1) and logs it. One process runs a pipeline (:func:`_pipelined`): a thread
+makes the Rust call for batch k (the GIL is released, the Rust threads use every core) while the
+main thread reads and renders batch k+1 and assembles batch k-1. More processes are ``spawn``
+workers (never ``fork``: a live Rust thread pool does not survive a fork) that rebuild the main
+process's fixed-up tokenizer from its serialized backend (no transformers import, ~0.3 s) and
+give the Rust encoder ``cores // workers`` threads. The main process reads and validates; batches
 go out through a window of ``2 * workers`` futures and come back in order, so memory is bounded
-by a few batches and the output is byte-identical for any worker count. As with any ``spawn``
-pool, a script calling this with ``workers > 1`` needs an ``if __name__ == "__main__":`` guard.
+by a few batches and the output is byte-identical for any worker count
+(``PACKFT_TOKENIZE_PROCESSES=N`` forces N processes, for tests). As with any ``spawn`` pool, a
+script calling this with several processes needs an ``if __name__ == "__main__":`` guard.
 
 Output: one shard per input file, one record batch per input batch, in the format of
 :mod:`packft.tokenize.shards` (header: template, tokenizer fingerprint, input sha256, options,
@@ -69,12 +72,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from multiprocessing import get_context
 from pathlib import Path
@@ -99,7 +103,9 @@ from packft.tokenize.truncation import (
     infer_seqlen,
     truncate_turns,
 )
+from packft.tokenize.workers import choose_workers
 
+log = logging.getLogger(__name__)
 DEFAULT_CUTOFF = 100_000  # MindSpeed's cutoff_len when --seq-length is not given
 
 
@@ -163,24 +169,30 @@ def _encode_strings(tokenizer: Any, strings: list[str]) -> tuple[np.ndarray, np.
     return flat, lens
 
 
-def encode_conversations(
-    convs: list[Conversation],
-    template: Template | ChatTemplate,
-    tokenizer: Any,
-    options: TokenizeOptions,
-) -> EncodedBatch:
-    """Render, encode (one backend call) and assemble a batch; see the module docstring."""
+@dataclass
+class RenderedBatch:
+    """A batch rendered into its distinct pieces (the Python half of the encode, before Rust)."""
+
+    strings: list[str]
+    ints: list[int]
+    occ_code: list[int]  # >= 0: index into strings; < 0: -(index into ints) - 1
+    occ_msg: list[int]
+    msg_sample: list[int]
+    msg_trained: list[bool]
+    turns_per_sample: list[int]
+
+
+def render_batch(
+    convs: list[Conversation], template: Template | ChatTemplate, tokenizer: Any
+) -> RenderedBatch:
+    """Step 1 of the module docstring: every piece occurrence, distinct strings collected once."""
     table: dict[str | int, int] = {}
-    strings: list[str] = []
-    ints: list[int] = []
-    occ_code: list[int] = []  # >= 0: index into strings; < 0: -(index into ints) - 1
-    occ_msg: list[int] = []
-    msg_sample: list[int] = []
-    msg_trained: list[bool] = []
-    turns_per_sample: list[int] = []
+    out = RenderedBatch([], [], [], [], [], [], [])
+    strings, ints, occ_code, occ_msg = out.strings, out.ints, out.occ_code, out.occ_msg
+    msg_sample, msg_trained = out.msg_sample, out.msg_trained
     for s, conv in enumerate(convs):
         turns = template.render(conv, tokenizer)
-        turns_per_sample.append(len(turns))
+        out.turns_per_sample.append(len(turns))
         for turn in turns:
             for trained, pieces in ((False, turn.source), (True, turn.target)):
                 m = len(msg_sample)
@@ -198,10 +210,43 @@ def encode_conversations(
                     occ_msg.append(m)
                 msg_sample.append(s)
                 msg_trained.append(trained)
+    return out
 
-    flat, str_lens = np.zeros(0, np.int32), np.zeros(0, np.int64)
-    if strings:
-        flat, str_lens = _encode_strings(tokenizer, strings)
+
+def encode_rendered(tokenizer: Any, rendered: RenderedBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: the batch's distinct strings through the Rust backend (releases the GIL)."""
+    if not rendered.strings:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return _encode_strings(tokenizer, rendered.strings)
+
+
+def encode_conversations(
+    convs: list[Conversation],
+    template: Template | ChatTemplate,
+    tokenizer: Any,
+    options: TokenizeOptions,
+) -> EncodedBatch:
+    """Render, encode (one backend call) and assemble a batch; see the module docstring."""
+    rendered = render_batch(convs, template, tokenizer)
+    encoded = encode_rendered(tokenizer, rendered)
+    return assemble_batch(convs, template, tokenizer, options, rendered, encoded)
+
+
+def assemble_batch(
+    convs: list[Conversation],
+    template: Template | ChatTemplate,
+    tokenizer: Any,
+    options: TokenizeOptions,
+    rendered: RenderedBatch,
+    encoded: tuple[np.ndarray, np.ndarray],
+) -> EncodedBatch:
+    """Step 3: cut and assemble the batch's ids and labels from the encoded piece table."""
+    strings, ints, occ_code, occ_msg = (
+        rendered.strings, rendered.ints, rendered.occ_code, rendered.occ_msg
+    )  # fmt: skip
+    msg_sample, msg_trained = rendered.msg_sample, rendered.msg_trained
+    turns_per_sample = rendered.turns_per_sample
+    flat, str_lens = encoded
     values = np.concatenate([flat, np.asarray(ints, np.int32)])
     piece_lens = np.concatenate([str_lens, np.ones(len(ints), np.int64)])
     piece_starts = np.zeros(len(piece_lens), np.int64)
@@ -358,27 +403,67 @@ def tokenize_batches(
     nonempty = (b for b in batches if b)
     tpl = get_template(template)
     tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_path, template)
-    if options.workers == 1:
-        for convs in nonempty:
-            yield encode_conversations(convs, tpl, tok, options)
+    choice = choose_workers(options.workers, python_templates=not isinstance(tpl, Template))
+    forced = os.environ.get("PACKFT_TOKENIZE_PROCESSES", "").strip()
+    workers = int(forced) if forced.isdigit() and int(forced) > 0 else choice.used
+    if workers != options.workers:
+        log.warning("tokenize workers: %s", choice.describe())
+    else:
+        log.info("tokenize workers: %s", choice.describe())
+    if workers == 1:
+        yield from _pipelined(nonempty, tpl, tok, options)
         return
     spec = BackendTokenizer.spec(tok) if isinstance(tpl, Template) else None
     pool = ProcessPoolExecutor(
-        options.workers,
+        workers,
         mp_context=get_context("spawn"),
         initializer=_init_worker,
-        initargs=(str(tokenizer_path), template, options, spec),
+        initargs=(str(tokenizer_path), template, replace(options, workers=workers), spec),
     )
     window: deque[Future[EncodedBatch]] = deque()
     try:
         for convs in nonempty:
             window.append(pool.submit(_encode_in_worker, convs))
-            if len(window) >= 2 * options.workers:
+            if len(window) >= 2 * workers:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pipelined(
+    batches: Iterable[list[Conversation]],
+    template: Template | ChatTemplate,
+    tokenizer: Any,
+    options: TokenizeOptions,
+) -> Iterator[EncodedBatch]:
+    """Encode batches in order, the Rust encode of batch k overlapping the Python work around it.
+
+    One thread runs the backend call (which releases the GIL and fans out over the Rust threads)
+    while this thread reads and renders batch k+1 and assembles batch k-1. At most two batches
+    are in flight, so memory stays bounded by a few batches; the output is exactly
+    :func:`encode_conversations` of each batch, in order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque[tuple[list[Conversation], RenderedBatch, Future]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="packft-encode") as rust:
+        try:
+            for convs in batches:
+                rendered = render_batch(convs, template, tokenizer)
+                pending.append((convs, rendered, rust.submit(encode_rendered, tokenizer, rendered)))
+                if len(pending) >= 2:
+                    convs, rendered, future = pending.popleft()
+                    yield assemble_batch(
+                        convs, template, tokenizer, options, rendered, future.result()
+                    )
+            while pending:
+                convs, rendered, future = pending.popleft()
+                yield assemble_batch(convs, template, tokenizer, options, rendered, future.result())
+        finally:
+            for *_, future in pending:
+                future.cancel()
 
 
 def shard_header(stats: TokenizeStats, tokenizer: Any) -> dict[str, Any]:
