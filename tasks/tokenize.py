@@ -19,6 +19,7 @@ from typing import Any
 from prefect import task
 
 from packft import __version__
+from packft.core.atomic import atomic_write_bytes
 from tasks.caching import FileRef, content_cache, digest_json, tree_sha256
 
 
@@ -109,7 +110,7 @@ def tokenize(
         raise ValueError("tokenize: settings do not match cfg; build both from one config")
     out_dir = shard_dir(work_dir, source, tokenizer, settings)
     shard = tokenize_input(source.path, cfg, out_dir)  # reuses a complete shard already there
-    (out_dir / "DONE").write_text(shard.name)
+    atomic_write_bytes(out_dir / "DONE", shard.name.encode())
     stats = read_stats(shard)
     return {
         "file": source.source or str(source.path),

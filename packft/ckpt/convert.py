@@ -47,7 +47,6 @@ from packft.ckpt.io import (
     MODEL_FILE,
     DictReader,
     HFReader,
-    atomic_dir,
     check_save_dir,
     copy_hf_side_files,
     hf_shard_name,
@@ -70,6 +69,7 @@ from packft.ckpt.keys import (
 )
 from packft.ckpt.read import iter_mcore_as_hf
 from packft.ckpt.tensors import hf_ends_to_mcore, hf_layer_to_mcore
+from packft.core.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 Reader = HFReader | DictReader
@@ -100,7 +100,7 @@ def hf_to_mcore(
         return t.to(dtype) if dtype is not None else t
 
     args = None
-    with atomic_dir(save_dir, overwrite) as tmp:
+    with atomic_dir(save_dir, replace=overwrite, label="convert") as tmp:
         (tmp / LATEST_FILE).write_text("1")
         start = 0
         for stage, n in enumerate(layers):
@@ -170,7 +170,7 @@ def mcore_to_hf(
     cfg, layers = iter_mcore_as_hf(load_dir, hf_cfg=hf_cfg, model_type_hf=model_type_hf)
     n = int(cfg["num_hidden_layers"])
     dtype = DTYPES[params_dtype] if params_dtype else None
-    with atomic_dir(save_dir, overwrite) as tmp:
+    with atomic_dir(save_dir, replace=overwrite, label="convert") as tmp:
         weight_map: dict[str, str] = {}
         total = 0
         out_dtype = None

@@ -141,7 +141,7 @@ def write_sft_dataset(
         try:
             writers = {
                 key: IndexedDatasetWriter(
-                    sft_prefix(prefix, key), ids_dtype if key == "input_ids" else np.int32, stage
+                    sft_prefix(prefix, key), stage, ids_dtype if key == "input_ids" else np.int32
                 )
                 for key in SFT_KEYS
             }

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from packft.core.atomic import atomic_writer
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -126,10 +128,9 @@ def row_fill_histogram(row_tokens: np.ndarray, seq_length: int, *, bins: int = 5
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as PNG (temp file then rename, so readers never see half an image)."""
+    """Write ``fig`` as PNG atomically (:func:`packft.core.atomic.atomic_writer`: readers never
+    see half an image, a failed write leaves the previous one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_writer(path, "wb") as handle:
+        fig.savefig(handle, format="png")
     return path

@@ -40,6 +40,7 @@ from typing import Any
 import torch  # noqa: E402, I001
 import torch.distributed as dist  # noqa: E402
 
+from packft.core.atomic import atomic_write_bytes
 from packft.track import metric_names
 from packft.train import device as devices  # sets TORCH_DEVICE_BACKEND_AUTOLOAD before torch loads
 from packft.train import history
@@ -226,7 +227,8 @@ def fit(cfg: TrainConfig, env: DistEnv, p: Parts, tracker: Any) -> dict[str, Any
     if env.main:
         Path(cfg.save).mkdir(parents=True, exist_ok=True)
         keep = log_path.read_text().splitlines()[: p.step] if p.step and log_path.exists() else []
-        log_path.write_text("".join(line + "\n" for line in keep))  # drop steps redone after resume
+        text = "".join(line + "\n" for line in keep)  # drop steps redone after resume
+        atomic_write_bytes(log_path, text.encode())  # a kill here keeps the old log whole
         log_dataset_stats(p.dataset, tracker)
     autocast = (
         torch.autocast(env.device.type, dtype=torch.bfloat16)
