@@ -55,8 +55,8 @@ def _dotted(node: ast.expr, aliases: dict[str, str]) -> str | None:
 
 def hand_rolled_commits(source: str, filename: str = "<source>") -> list[str]:
     """``file:line call`` for each banned call: the names in :data:`BANNED` (through any import
-    alias), any ``.rename(...)`` and a one-argument ``.replace(x)`` (``Path.replace``;
-    ``str.replace`` takes two)."""
+    alias), any ``.rename(...)`` and a one-positional-argument ``.replace(x)`` (``Path.replace``;
+    ``str.replace`` takes two, ``datetime.replace`` keywords)."""
     tree = ast.parse(source, filename)
     aliases = _aliases(tree)
     found = []
@@ -65,7 +65,7 @@ def hand_rolled_commits(source: str, filename: str = "<source>") -> list[str]:
             continue
         name = _dotted(node.func, aliases)
         method = node.func.attr if isinstance(node.func, ast.Attribute) else None
-        one_arg = len(node.args) + len(node.keywords) == 1
+        one_arg = len(node.args) == 1 and not node.keywords  # not datetime.replace(tzinfo=)
         if name in BANNED or method == "rename" or (method == "replace" and one_arg):
             found.append(f"{filename}:{node.lineno} {ast.unparse(node.func)}")
     return found
@@ -88,7 +88,7 @@ from os import replace as swap
 from pathlib import Path
 os.replace(a, b); swap(a, b); os.fsync(fd); tf.mkstemp(); shutil.move(a, b)
 Path(a).rename(b); Path(a).replace(b)
-"text".replace("a", "b"); os.path.join(a, b)
+"text".replace("a", "b"); os.path.join(a, b); now.replace(tzinfo=utc)
 """
     found = [line.split(" ", 1)[1] for line in hand_rolled_commits(source)]
     assert found == ["os.replace", "swap", "os.fsync", "tf.mkstemp", "shutil.move",

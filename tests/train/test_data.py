@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packft.core.constants import IGNORE_INDEX
 from packft.core.atomic import Stage
+from packft.core.constants import IGNORE_INDEX
 from packft.dataset.indexed import IndexedDatasetWriter, sft_prefix
 from packft.train.data import SFTDataset, ShardedSampler, collate, segments_from_eos
 
