@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -39,8 +40,8 @@ def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
     )
     summary = {**state.result(), "state": state.name}
     stage.log(metric_names.named(summary, metric_names.SUMMARY), step=0)
-    stage.log_config(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
-    stage.log_dict(summary, "train_summary.json")
+    stage.log_params(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
+    stage.log_artifact("train_summary.json", summary)
     stage.close()
     return summary
 
@@ -54,7 +55,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[
         run.tracking_uri, run.experiment or "finetune", enabled=run.tracking,
         parent_run_id=parent_run_id, required=run.tracking_required,
     ) as tracker:  # fmt: skip
-        tracker.log_config(cfg.model_dump(mode="json"))
+        tracker.log_params(cfg.model_dump(mode="json"))
         states: dict[str, str] = {}
         if cfg.convert is not None:
             converted = convert_checkpoint.with_options(result_storage=storage)(
@@ -70,7 +71,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[
         )
         states["export"] = exported.name
         if cfg.export.log_model:
-            tracker.log_artifacts(hf_dir, "model")
+            tracker.log_artifact("model", Path(hf_dir))
         return reporting.finish_finetune_run(
             tracker, summary, exported.result(), states, time.perf_counter() - started
         )

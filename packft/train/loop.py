@@ -131,7 +131,7 @@ def open_tracker(cfg: TrainConfig, env: DistEnv) -> Any:
         uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking,
         required=cfg.tracking_required, untracked_hint=hint,
     )  # fmt: skip
-    tracker.log_config(cfg.model_dump())
+    tracker.log_params(cfg.model_dump())
     return tracker
 
 

@@ -193,7 +193,7 @@ def run_mindspeed(cfg: Any) -> int:
         cfg.tracking_uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking,
         required=cfg.tracking_required,
     )  # fmt: skip
-    tracker.log_config({**cfg.model_dump(), "command": " ".join(cmd)})
+    tracker.log_params({**cfg.model_dump(), "command": " ".join(cmd)})
     env = {**os.environ, "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
     proc = subprocess.Popen(cmd, cwd=cfg.mindspeed_home, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)  # fmt: skip
