@@ -87,7 +87,11 @@ def demo_config(out: Path, paths: dict[str, Path], train_iters: int) -> dict[str
         "more_inputs": [
             {"input": str(paths["sharegpt"]), "handler_name": "SharegptStyleInstructionHandler"}
         ],
-        "convert": {"load_dir": str(paths["model"]), "save_dir": str(out / "mcore-init")},
+        "convert": {
+            "load_dir": str(paths["model"]),
+            "save_dir": str(out / "mcore-init"),
+            "overwrite": True,
+        },  # the demo's own intermediate: re-convert over it
         "train": {
             "load": str(out / "mcore-init"),
             "save": str(out / "train"),

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from packft.ckpt.io import (
     LATEST_FILE,
@@ -67,6 +68,7 @@ from packft.ckpt.keys import (
     plan_stages,
     spec_from_hf_config,
 )
+from packft.ckpt.options import ConvertConfig
 from packft.ckpt.read import iter_mcore_as_hf
 from packft.ckpt.tensors import hf_ends_to_mcore, hf_layer_to_mcore
 from packft.core.atomic import atomic_dir
@@ -270,39 +272,60 @@ def load_mcore_as_hf(
     return AutoConfig.for_model(cfg["model_type"], **fields), state
 
 
+def convert(config: ConvertConfig) -> Path:
+    """Run one conversion as ``config`` says (hf->mg or mg->hf); returns the output directory.
+    What ``packft convert-ckpt`` and the flows' ``convert_checkpoint`` task both call."""
+    c = config
+    if c.load_model_type == "hf":
+        return save_hf_as_mcore(
+            c.load_dir, c.save_dir, c.target_tensor_parallel_size,
+            c.target_pipeline_parallel_size, num_layer_list=c.num_layer_list,
+            params_dtype=c.params_dtype, model_type_hf=c.model_type_hf, overwrite=c.overwrite,
+        )  # fmt: skip
+    return mcore_to_hf(
+        Path(c.load_dir), Path(c.save_dir),
+        hf_cfg_dir=Path(c.hf_cfg_dir) if c.hf_cfg_dir else None,
+        model_type_hf=c.model_type_hf, params_dtype=c.params_dtype, overwrite=c.overwrite,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ CLI
+def _help(name: str) -> str | None:
+    return ConvertConfig.model_fields[name].description
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags modelled on MindSpeed-LLM's ``convert_ckpt_v2.py``."""
+    """Flags modelled on MindSpeed-LLM's ``convert_ckpt_v2.py``; names, defaults and help are
+    :class:`~packft.ckpt.options.ConvertConfig`'s."""
+    fields = ConvertConfig.model_fields
     parser.add_argument("--load-model-type", choices=["hf", "mg"], default="hf")
     parser.add_argument("--save-model-type", choices=["mg", "hf"], default="mg")
-    parser.add_argument("--load-dir", type=Path, required=True, help="checkpoint to read")
-    parser.add_argument("--save-dir", type=Path, required=True, help="directory to create")
+    parser.add_argument("--load-dir", required=True, help=_help("load_dir"))
+    parser.add_argument("--save-dir", required=True, help=_help("save_dir"))
     parser.add_argument(
-        "--model-type-hf",
-        choices=list(ARCHS),
-        default=None,
-        help="architecture; detected from config.json when omitted",
+        "--model-type-hf", choices=list(ARCHS), default=None, help=_help("model_type_hf")
     )
     parser.add_argument("--target-tensor-parallel-size", type=int, default=1)
     parser.add_argument("--target-pipeline-parallel-size", type=int, default=1)
+    parser.add_argument("--num-layer-list", default=None, help=_help("num_layer_list"))
+    parser.add_argument("--hf-cfg-dir", default=None, help=_help("hf_cfg_dir"))
     parser.add_argument(
-        "--num-layer-list",
-        default=None,
-        help="layers per pipeline stage for uneven splits, e.g. 3,5",
+        "--params-dtype", choices=list(DTYPES), default=None, help=_help("params_dtype")
     )
     parser.add_argument(
-        "--hf-cfg-dir",
-        type=Path,
-        default=None,
-        help="mg->hf: HF directory whose config/tokenizer files are copied",
-    )
-    parser.add_argument(
-        "--params-dtype",
-        choices=list(DTYPES),
-        default=None,
-        help="cast weights (default: keep the checkpoint's dtype)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
+        "--overwrite", action="store_true", default=fields["overwrite"].default,
+        help=_help("overwrite"),
+    )  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> ConvertConfig:
+    """The flags as a :class:`ConvertConfig`; an impossible combination is a usage error."""
+    flags = {k: v for k, v in vars(args).items() if k in ConvertConfig.model_fields}
+    try:
+        return ConvertConfig(**flags)
+    except ValidationError as error:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+        raise ConvertUsageError(problems) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -311,31 +334,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint that cannot be read, a refused pickle, an unwritable ``--save-dir`` ..."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    if args.load_model_type == "hf" and args.save_model_type == "mg":
-        save_hf_as_mcore(
-            args.load_dir,
-            args.save_dir,
-            args.target_tensor_parallel_size,
-            args.target_pipeline_parallel_size,
-            num_layer_list=args.num_layer_list,
-            params_dtype=args.params_dtype,
-            model_type_hf=args.model_type_hf,
-            overwrite=args.overwrite,
-        )
-    elif args.load_model_type == "mg" and args.save_model_type == "hf":
-        mcore_to_hf(
-            args.load_dir,
-            args.save_dir,
-            hf_cfg_dir=args.hf_cfg_dir,
-            model_type_hf=args.model_type_hf,
-            params_dtype=args.params_dtype,
-            overwrite=args.overwrite,
-        )
-    else:
-        raise ConvertUsageError(
-            f"--load-model-type {args.load_model_type} --save-model-type "
-            f"{args.save_model_type} is not supported; use hf->mg or mg->hf"
-        )
+    convert(config_from_args(args))
     summary = {"save_dir": str(args.save_dir), "seconds": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary))
     return 0
