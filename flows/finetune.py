@@ -17,6 +17,7 @@ from prefect import flow
 from flows import reporting
 from packft.pipeline_config import FinetuneConfig, load_flow_config
 from packft.track import metric_names
+from packft.train.engine import check_engine
 from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, finetune
 
 
@@ -48,6 +49,7 @@ def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
 
 def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """The flow body (also called by ``pipeline``); returns the run summary."""
+    check_engine(cfg.train)  # every engine setting, before anything is converted or tracked
     started = time.perf_counter()
     run = cfg.run
     storage = run.result_path

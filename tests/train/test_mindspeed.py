@@ -17,6 +17,7 @@ from packft.core.atomic import Stage
 from packft.dataset.indexed import IndexedDatasetWriter, sft_prefix
 from packft.train import mindspeed
 from packft.train.config import TrainConfig
+from packft.train.engine import train
 
 LOG = """\
 > building PretrainedFromHF tokenizer ...
@@ -159,8 +160,8 @@ def test_launch_streams_a_stand_in_posttrain_script(tmp_path, llama2_tokenizer_d
     ).save_pretrained(tmp_path / "m")
     c = cfg(tmp_path, tokenizer_name_or_path=str(llama2_tokenizer_dir), seq_length=4,
             tensor_model_parallel_size=1, nproc_per_node=1, tracking=False)  # fmt: skip
-    assert mindspeed.run_mindspeed(c) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = train(c)  # the library entry: checks, then picks the engine
+    assert summary["engine"] == "mindspeed" and summary["returncode"] == 0
     assert summary["steps"] == 3 and summary["final_loss"] == 1.402
     assert (tmp_path / "s" / "mcore_init" / "latest_checkpointed_iteration.txt").exists()
 
