@@ -26,9 +26,8 @@ Checked against megatron-core 0.12.2 in tests/ckpt/test_megatron_interop.py: its
 the local layer spec loads these files with ``strict=True`` at TP 1 and 2 and reproduces the HF
 logits to < 2.2e-6 (float32, 32 tokens, init 0.1) for every supported architecture.
 
-Measured cost (benchmarks/bench_convert.py, 0.98 GB bf16 Llama: 36 layers, hidden 1024, GQA,
-vocab 32000; TP 2, PP 2; shared 2-core VM): HF -> mcore 12.3 s, peak RSS 742 MB; mcore -> HF
-11.9 s, peak RSS 838 MB; a process that only imports torch is 221 MB. Round trip bit-identical.
+Cost: one layer in memory at a time; time and peak RSS measured by benchmarks/bench_convert.py
+are in the README's benchmark table.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Guarantees:
   thread, so a training step never waits for the server; a server that dies mid-run costs one
   warning, no step. ``required=True`` (``--tracking-required``) turns both into an error.
 
-* ``mlflow`` is imported only here, and only when a real tracker is made (import costs ~1.5-2 s).
+* ``mlflow`` is imported only here, and only when a real tracker is made (its import is slow).
 * The tracker uses an explicit ``MlflowClient`` and run id, never MLflow's thread-local "active
   run": a nested run is created with an explicit ``parent_run_id`` (the ``mlflow.parentRunId``
   tag), so it nests correctly from any thread (Prefect ``.submit``/``.map`` pool threads see no
@@ -27,9 +27,6 @@ Guarantees:
   ``./mlruns`` relative to whatever the working directory was when the experiment was created.
 * Params are flattened (``a.b.c``), stringified, truncated to MLflow's 6000-char limit and sent
   in batches of 100; non-numeric metric values are skipped rather than failing a run.
-
-Measured here (2 shared cores): first tracker on a fresh SQLite DB ~3 s (migrations), then a run
-with params, 20 metrics, one figure and a child run ~1.5-2 s.
 """
 
 from __future__ import annotations
