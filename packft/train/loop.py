@@ -92,17 +92,9 @@ def setup_distributed(cfg: TrainConfig) -> DistEnv:
 
 def require_inputs(cfg: TrainConfig) -> None:
     """A missing dataset or model fails here, before anything is created."""
-    from packft.dataset.indexed import SFT_KEYS, sft_prefix
+    from packft.dataset.indexed import require_sft_files
 
-    wanted = [f"{sft_prefix(cfg.data_path, k)}.{ext}" for k in SFT_KEYS for ext in ("bin", "idx")]
-    missing = [p for p in wanted if not Path(p).exists()]
-    if missing:
-        found = sorted(p.name for p in Path(cfg.data_path).parent.glob("*_packed_*_document.idx"))
-        raise FileNotFoundError(
-            f"--data-path {cfg.data_path}: missing {', '.join(missing)}; found there: "
-            f"{found or 'nothing'}. Write it with `packft preprocess ... --output-prefix PREFIX` "
-            "and pass that PREFIX"
-        )
+    require_sft_files(cfg.data_path)
     if cfg.model and not (Path(cfg.model) / "config.json").exists():
         raise FileNotFoundError(
             f"--model {cfg.model}: no config.json there; pass a Hugging Face model directory "
