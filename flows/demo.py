@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from packft.core.atomic import atomic_dir
 from packft.track import data_dir
 
 
@@ -50,10 +51,9 @@ def make_tiny_llama(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir, replace=True, label="demo.model") as tmp:  # all or nothing
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return out_dir
 
 
@@ -87,7 +87,11 @@ def demo_config(out: Path, paths: dict[str, Path], train_iters: int) -> dict[str
         "more_inputs": [
             {"input": str(paths["sharegpt"]), "handler_name": "SharegptStyleInstructionHandler"}
         ],
-        "convert": {"load_dir": str(paths["model"]), "save_dir": str(out / "mcore-init")},
+        "convert": {
+            "load_dir": str(paths["model"]),
+            "save_dir": str(out / "mcore-init"),
+            "overwrite": True,
+        },  # the demo's own intermediate: re-convert over it
         "train": {
             "load": str(out / "mcore-init"),
             "save": str(out / "train"),

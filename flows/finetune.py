@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -16,6 +17,7 @@ from prefect import flow
 from flows import reporting
 from packft.pipeline_config import FinetuneConfig, load_flow_config
 from packft.track import metric_names
+from packft.train.engine import check_engine
 from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, finetune
 
 
@@ -39,14 +41,15 @@ def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
     )
     summary = {**state.result(), "state": state.name}
     stage.log(metric_names.named(summary, metric_names.SUMMARY), step=0)
-    stage.log_config(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
-    stage.log_dict(summary, "train_summary.json")
+    stage.log_params(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
+    stage.log_artifact("train_summary.json", summary)
     stage.close()
     return summary
 
 
 def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[str, Any]:
     """The flow body (also called by ``pipeline``); returns the run summary."""
+    check_engine(cfg.train)  # every engine setting, before anything is converted or tracked
     started = time.perf_counter()
     run = cfg.run
     storage = run.result_path
@@ -54,7 +57,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[
         run.tracking_uri, run.experiment or "finetune", enabled=run.tracking,
         parent_run_id=parent_run_id, required=run.tracking_required,
     ) as tracker:  # fmt: skip
-        tracker.log_config(cfg.model_dump(mode="json"))
+        tracker.log_params(cfg.model_dump(mode="json"))
         states: dict[str, str] = {}
         if cfg.convert is not None:
             converted = convert_checkpoint.with_options(result_storage=storage)(
@@ -70,7 +73,7 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[
         )
         states["export"] = exported.name
         if cfg.export.log_model:
-            tracker.log_artifacts(hf_dir, "model")
+            tracker.log_artifact("model", Path(hf_dir))
         return reporting.finish_finetune_run(
             tracker, summary, exported.result(), states, time.perf_counter() - started
         )

@@ -169,7 +169,7 @@ def run_pack_dataset(cfg: PackDatasetConfig, parent_run_id: str | None = None) -
     with reporting.flow_tracker(run.tracking_uri, experiment, enabled=run.tracking,
                                 parent_run_id=parent_run_id,
                                 required=run.tracking_required) as tracker:  # fmt: skip
-        tracker.log_config(cfg.model_dump(mode="json"))
+        tracker.log_params(cfg.model_dump(mode="json"))
         jobs, downloads = fetch_inputs(cfg)
         tokenizer = pin_tokenizer(cfg.preprocess.tokenizer_name_or_path)
         reporting.log_inputs(tracker, [ref for ref, _ in jobs], tokenizer)

@@ -39,7 +39,7 @@ def log_headline(
     log_steps(tracker, steps, keys=("loss",))
     figure = curves_figure(steps)
     if figure is not None:
-        tracker.log_figure(figure, "plots/loss_lr.png")
+        tracker.log_artifact("plots/loss_lr.png", figure)
 
 
 @flow(name="pipeline", log_prints=True)
@@ -62,7 +62,7 @@ def pipeline(
         cfg.run.tracking_uri, cfg.run.experiment or "pipeline", enabled=cfg.run.tracking,
         required=cfg.run.tracking_required,
     ) as tracker:  # fmt: skip
-        tracker.log_config(cfg.model_dump(mode="json"))
+        tracker.log_params(cfg.model_dump(mode="json"))
         run = cfg.run.model_copy(update={"experiment": tracker.experiment or "pipeline"})
         pack_cfg = cfg.pack_config().model_copy(update={"run": run})
         data = pack_dataset(config=pack_cfg, mlflow_parent_run_id=tracker.run_id)

@@ -25,6 +25,7 @@ from packft.preprocess.results import (
 )
 from packft.track import metric_names
 from packft.track.tracking import (
+    InputDataset,
     NullTracker,
     Tracker,
     make_tracker,
@@ -95,8 +96,8 @@ def log_stage(
     child = parent.child(stage, tags={"packft.stage": stage})
     table = {**metric_names.DATA, **metric_names.PUBLISH}
     child.log(metric_names.named(metrics, table), step=0)
-    child.log_config(metric_names.stats_params(metrics, metrics=table))
-    child.log_dict({"metrics": dict(metrics), "details": details}, f"{stage}.json")
+    child.log_params(metric_names.stats_params(metrics, metrics=table))
+    child.log_artifact(f"{stage}.json", {"metrics": dict(metrics), "details": details})
     return child
 
 
@@ -158,13 +159,13 @@ def prefect_ui_command() -> str:
 def log_inputs(tracker: Tracker, files: list[Any], tokenizer: Any) -> None:
     """Each input as an ``mlflow.data`` dataset (source + content digest), plus the tokenizer."""
     for ref in files:
-        tracker.log_dataset(Path(str(ref.path)).name, ref.source or str(ref.path), ref.sha256,
-                            size=ref.size)  # fmt: skip
-    tracker.set_tags({"packft.tokenizer_sha256": tokenizer.sha256})
-    tracker.log_dict(
+        source = InputDataset(ref.source or str(ref.path), ref.sha256, tags={"size": ref.size})
+        tracker.log_artifact(Path(str(ref.path)).name, source)
+    tracker.log_params({"packft.tokenizer_sha256": tokenizer.sha256}, tags=True)
+    tracker.log_artifact(
+        "inputs.json",
         {"inputs": [r.model_dump(mode="json") for r in files],
          "tokenizer": tokenizer.model_dump(mode="json")},
-        "inputs.json",
     )  # fmt: skip
 
 
@@ -256,11 +257,11 @@ def finish_pack_run(
     if cfg.preprocess.pack:
         lengths_fig, fill_fig = dataset_figures(shards, plan, seq, stats)
         for run in (pack_run, tracker):
-            run.log_figure(lengths_fig, "plots/sample_lengths.png")
-            run.log_figure(fill_fig, "plots/row_fill.png")
+            run.log_artifact("plots/sample_lengths.png", lengths_fig)
+            run.log_artifact("plots/row_fill.png", fill_fig)
     pack_run.close()
     tracker.log(metric_names.named(stats, metric_names.DATA), step=0)
-    tracker.log_config(metric_names.stats_params(stats))
+    tracker.log_params(metric_names.stats_params(stats))
     cached = [s for name in ("validate", "tokenize", "pack", "write") for s in states[name]]
     n_cached = sum(s == "Cached" for s in cached)
     diff, gate = published.get("diff") or {}, published.get("gate") or {}
@@ -269,10 +270,10 @@ def finish_pack_run(
               **gate_metrics(gate)}  # fmt: skip
     log_stage(tracker, "publish", change, details=published).close()
     tracker.log(metric_names.named(diff, metric_names.DATA), step=0)  # gate figures: stage run
-    tracker.log_config(metric_names.stats_params(diff, prefix="diff"))
-    tracker.set_tags({"packft.dataset_version": dataset.version.name,
-                      "packft.changed": str(bool(published["changed"])).lower(),
-                      "packft.publish": publish_outcome(published)})  # fmt: skip
+    tracker.log_params(metric_names.stats_params(diff, prefix="diff"))
+    tracker.log_params({"packft.dataset_version": dataset.version.name,
+                        "packft.changed": str(bool(published["changed"])).lower(),
+                        "packft.publish": publish_outcome(published)}, tags=True)  # fmt: skip
     headline = (
         f"dataset changed: new version {published['current']} (previous: {published['previous']})"
         if published["changed"]
@@ -347,10 +348,11 @@ def report_refused_publish(tracker: Tracker, refused: Any, dataset: WriteResult)
     metrics = {"changed": 0, "published": 0, **diff, **gate_metrics(verdict)}
     log_stage(tracker, "publish", metrics, details=refused.to_dict()).close()
     tracker.log(metric_names.named(diff, metric_names.DATA), 0)  # gate figures: stage run
-    tracker.log_config(metric_names.stats_params(diff, prefix="diff"))
-    tracker.set_tags({"packft.publish": "refused", "packft.changed": "false",
-                      "packft.unpublished_version": Path(refused.version).name})  # fmt: skip
-    tracker.log_dict(refused.to_dict(), "publish_refused.json")
+    tracker.log_params(metric_names.stats_params(diff, prefix="diff"))
+    tracker.log_params({"packft.publish": "refused", "packft.changed": "false",
+                        "packft.unpublished_version": Path(refused.version).name},
+                       tags=True)  # fmt: skip
+    tracker.log_artifact("publish_refused.json", refused.to_dict())
     outputs = [
         ("status", "publish refused: latest unchanged, this run Failed"),
         ("why", "; ".join(refused.verdict.problems)),
@@ -384,7 +386,7 @@ def finish_finetune_run(
     """Log the export stage, publish the finetune artifact, print where the weights are."""
     log_stage(tracker, "export", {}, details=exported).close()
     tracker.log(metric_names.named(summary, metric_names.SUMMARY), step=0)
-    tracker.log_config(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
+    tracker.log_params(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
     table = [(k, summary[k]) for k in TRAIN_TABLE if k in summary]
     table += [(k, v) for k, v in summary.items() if k not in TRAIN_TABLE and k.endswith("loss")]
     outputs = [(f"{k} weights", f"`{v}`") for k, v in exported.items()]

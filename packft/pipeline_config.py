@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, model_validator
 
+from packft.ckpt.options import ConvertConfig
 from packft.core.config import read_yaml, validate
 from packft.core.errors import ConfigError
 from packft.dataset.publish_gate import (
@@ -151,22 +152,6 @@ class PackDatasetConfig(BaseModel):
     @property
     def latest_prefix(self) -> Path:
         return self.output_root / "latest" / self.preprocess.prefix.name
-
-
-class ConvertConfig(BaseModel):
-    """``packft convert-ckpt`` flags (MindSpeed ``convert_ckpt_v2.py`` names)."""
-
-    load_model_type: Literal["hf", "mg"] = "hf"
-    save_model_type: Literal["mg", "hf"] = "mg"
-    load_dir: str = Field(description="checkpoint to read")
-    save_dir: str = Field(description="directory to create")
-    model_type_hf: str | None = None
-    target_tensor_parallel_size: int = Field(1, ge=1)
-    target_pipeline_parallel_size: int = Field(1, ge=1)
-    num_layer_list: str | None = None
-    hf_cfg_dir: str | None = None
-    params_dtype: Literal["fp32", "bf16", "fp16"] | None = None
-    overwrite: bool = True
 
 
 class ExportConfig(BaseModel):

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from packft.core.atomic import atomic_write_bytes
+from packft.core.atomic import Stage
 
 _WORD_TEXT = (
     "the a an of to and in on for with as by at from about into over after before under between "
@@ -254,9 +254,19 @@ def make_demo_data(
     alpaca_text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in alpaca) + "\n]\n"
     sharegpt_text = "\n".join(_sharegpt_lines(gen, n_sharegpt)) + "\n"
     paths = [out_dir / "alpaca.json", out_dir / "sharegpt.jsonl"]
-    atomic_write_bytes(paths[0], alpaca_text.encode("utf-8"))
-    atomic_write_bytes(paths[1], sharegpt_text.encode("utf-8"))
+    _write_together(out_dir, dict(zip(paths, (alpaca_text, sharegpt_text), strict=True)))
     return paths
+
+
+def _write_together(out_dir: Path, texts: dict[Path, str], marker: Path | None = None) -> None:
+    """Commit UTF-8 files in one :class:`~packft.core.atomic.Stage` (``marker`` renamed last, so
+    its presence means every file is in place)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Stage(out_dir, label="synthetic") as stage:
+        for path, text in texts.items():
+            stage.open(path).write(text.encode("utf-8"))
+            stage.seal(path)
+        stage.commit(marker=marker)
 
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -337,6 +347,6 @@ def train_demo_tokenizer(data_paths: Iterable[Path], out_dir: Path, vocab_size: 
         "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False),
         "special_tokens_map.json": json.dumps(SPECIAL_TOKENS, indent=2),
     }
-    for name, text in files.items():
-        atomic_write_bytes(out_dir / name, (text + "\n").encode("utf-8"))
+    texts = {out_dir / name: text + "\n" for name, text in files.items()}
+    _write_together(out_dir, texts, marker=out_dir / "tokenizer.json")  # what callers look for
     return out_dir

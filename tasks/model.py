@@ -47,24 +47,9 @@ def dataset_digest(prefix: str | Path) -> str:
 )
 def convert_checkpoint(config: ConvertConfig, source_digest: str) -> str:
     """Run ``packft convert-ckpt`` (``config`` = its flags); returns the output directory."""
-    from packft.ckpt import mcore_to_hf, save_hf_as_mcore
+    from packft.ckpt.convert import convert
 
-    c = config
-    if c.load_model_type == "hf" and c.save_model_type == "mg":
-        out = save_hf_as_mcore(
-            c.load_dir, c.save_dir, c.target_tensor_parallel_size,
-            c.target_pipeline_parallel_size, num_layer_list=c.num_layer_list,
-            params_dtype=c.params_dtype, model_type_hf=c.model_type_hf, overwrite=c.overwrite,
-        )  # fmt: skip
-    elif c.load_model_type == "mg" and c.save_model_type == "hf":
-        out = mcore_to_hf(
-            Path(c.load_dir), Path(c.save_dir),
-            hf_cfg_dir=Path(c.hf_cfg_dir) if c.hf_cfg_dir else None,
-            model_type_hf=c.model_type_hf, params_dtype=c.params_dtype, overwrite=c.overwrite,
-        )  # fmt: skip
-    else:
-        raise ValueError(f"convert: {c.load_model_type} -> {c.save_model_type} is not supported")
-    return str(out)
+    return str(convert(config))
 
 
 def _train_view(p: dict[str, Any]) -> dict[str, Any]:

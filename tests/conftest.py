@@ -1,13 +1,32 @@
-"""Shared fixtures: the real public assets committed in tests/assets (see its MANIFEST.md)."""
+"""Shared fixtures: the real public assets committed in tests/assets (see its MANIFEST.md), and
+a guard that fails the test which leaves temporary files or run stores in the checkout."""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS_DIR = REPO_ROOT / "tests" / "assets"
+
+
+LEAK = re.compile(r"^(tmp[a-z0-9_]{8}|\.?tmp.*|mlruns|mlartifacts|\.packft)$")
+"""What a test must not leave in the checkout: ``tempfile`` names, MLflow's ./mlruns, the data dir."""
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers_in_the_checkout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test that leaves a temporary directory (e.g. ``tmp8siqrr1x/``) or a store in the
+    repository root: temporaries belong in ``tmp_path``."""
+    before = set(os.listdir(REPO_ROOT))
+    yield
+    new = sorted(n for n in set(os.listdir(REPO_ROOT)) - before if LEAK.match(n))
+    if new:
+        pytest.fail(f"{request.node.nodeid} left {new} in {REPO_ROOT}; write under tmp_path")
 
 
 def _require(path: Path) -> Path:

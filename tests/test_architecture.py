@@ -33,7 +33,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     **{stage: frozenset(MODEL_CHAIN[:i]) for i, stage in enumerate(MODEL_CHAIN) if i},
     "track": frozenset({"core"}),
     # top-level modules
-    "pipeline_config": frozenset({*DATA_CHAIN, "train", "track"}),
+    "pipeline_config": frozenset({*DATA_CHAIN, "ckpt", "train", "track"}),
     "synthetic": frozenset({"core", "ingest"}),
     "cli": frozenset({"core"}),  # command modules are named by string, imported on use
     "__main__": frozenset({"cli"}),

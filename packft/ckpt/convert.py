@@ -26,9 +26,8 @@ Checked against megatron-core 0.12.2 in tests/ckpt/test_megatron_interop.py: its
 the local layer spec loads these files with ``strict=True`` at TP 1 and 2 and reproduces the HF
 logits to < 2.2e-6 (float32, 32 tokens, init 0.1) for every supported architecture.
 
-Measured cost (benchmarks/bench_convert.py, 0.98 GB bf16 Llama: 36 layers, hidden 1024, GQA,
-vocab 32000; TP 2, PP 2; shared 2-core VM): HF -> mcore 12.3 s, peak RSS 742 MB; mcore -> HF
-11.9 s, peak RSS 838 MB; a process that only imports torch is 221 MB. Round trip bit-identical.
+Cost: one layer in memory at a time; time and peak RSS measured by benchmarks/bench_convert.py
+are in the README's benchmark table.
 """
 
 from __future__ import annotations
@@ -41,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from packft.ckpt.io import (
     LATEST_FILE,
     MODEL_FILE,
     DictReader,
     HFReader,
-    atomic_dir,
     check_save_dir,
     copy_hf_side_files,
     hf_shard_name,
@@ -68,8 +67,10 @@ from packft.ckpt.keys import (
     plan_stages,
     spec_from_hf_config,
 )
+from packft.ckpt.options import ConvertConfig
 from packft.ckpt.read import iter_mcore_as_hf
 from packft.ckpt.tensors import hf_ends_to_mcore, hf_layer_to_mcore
+from packft.core.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 Reader = HFReader | DictReader
@@ -100,7 +101,7 @@ def hf_to_mcore(
         return t.to(dtype) if dtype is not None else t
 
     args = None
-    with atomic_dir(save_dir, overwrite) as tmp:
+    with atomic_dir(save_dir, replace=overwrite, label="convert") as tmp:
         (tmp / LATEST_FILE).write_text("1")
         start = 0
         for stage, n in enumerate(layers):
@@ -170,7 +171,7 @@ def mcore_to_hf(
     cfg, layers = iter_mcore_as_hf(load_dir, hf_cfg=hf_cfg, model_type_hf=model_type_hf)
     n = int(cfg["num_hidden_layers"])
     dtype = DTYPES[params_dtype] if params_dtype else None
-    with atomic_dir(save_dir, overwrite) as tmp:
+    with atomic_dir(save_dir, replace=overwrite, label="convert") as tmp:
         weight_map: dict[str, str] = {}
         total = 0
         out_dtype = None
@@ -270,39 +271,60 @@ def load_mcore_as_hf(
     return AutoConfig.for_model(cfg["model_type"], **fields), state
 
 
+def convert(config: ConvertConfig) -> Path:
+    """Run one conversion as ``config`` says (hf->mg or mg->hf); returns the output directory.
+    What ``packft convert-ckpt`` and the flows' ``convert_checkpoint`` task both call."""
+    c = config
+    if c.load_model_type == "hf":
+        return save_hf_as_mcore(
+            c.load_dir, c.save_dir, c.target_tensor_parallel_size,
+            c.target_pipeline_parallel_size, num_layer_list=c.num_layer_list,
+            params_dtype=c.params_dtype, model_type_hf=c.model_type_hf, overwrite=c.overwrite,
+        )  # fmt: skip
+    return mcore_to_hf(
+        Path(c.load_dir), Path(c.save_dir),
+        hf_cfg_dir=Path(c.hf_cfg_dir) if c.hf_cfg_dir else None,
+        model_type_hf=c.model_type_hf, params_dtype=c.params_dtype, overwrite=c.overwrite,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ CLI
+def _help(name: str) -> str | None:
+    return ConvertConfig.model_fields[name].description
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags modelled on MindSpeed-LLM's ``convert_ckpt_v2.py``."""
+    """Flags modelled on MindSpeed-LLM's ``convert_ckpt_v2.py``; names, defaults and help are
+    :class:`~packft.ckpt.options.ConvertConfig`'s."""
+    fields = ConvertConfig.model_fields
     parser.add_argument("--load-model-type", choices=["hf", "mg"], default="hf")
     parser.add_argument("--save-model-type", choices=["mg", "hf"], default="mg")
-    parser.add_argument("--load-dir", type=Path, required=True, help="checkpoint to read")
-    parser.add_argument("--save-dir", type=Path, required=True, help="directory to create")
+    parser.add_argument("--load-dir", required=True, help=_help("load_dir"))
+    parser.add_argument("--save-dir", required=True, help=_help("save_dir"))
     parser.add_argument(
-        "--model-type-hf",
-        choices=list(ARCHS),
-        default=None,
-        help="architecture; detected from config.json when omitted",
+        "--model-type-hf", choices=list(ARCHS), default=None, help=_help("model_type_hf")
     )
     parser.add_argument("--target-tensor-parallel-size", type=int, default=1)
     parser.add_argument("--target-pipeline-parallel-size", type=int, default=1)
+    parser.add_argument("--num-layer-list", default=None, help=_help("num_layer_list"))
+    parser.add_argument("--hf-cfg-dir", default=None, help=_help("hf_cfg_dir"))
     parser.add_argument(
-        "--num-layer-list",
-        default=None,
-        help="layers per pipeline stage for uneven splits, e.g. 3,5",
+        "--params-dtype", choices=list(DTYPES), default=None, help=_help("params_dtype")
     )
     parser.add_argument(
-        "--hf-cfg-dir",
-        type=Path,
-        default=None,
-        help="mg->hf: HF directory whose config/tokenizer files are copied",
-    )
-    parser.add_argument(
-        "--params-dtype",
-        choices=list(DTYPES),
-        default=None,
-        help="cast weights (default: keep the checkpoint's dtype)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-dir")
+        "--overwrite", action="store_true", default=fields["overwrite"].default,
+        help=_help("overwrite"),
+    )  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> ConvertConfig:
+    """The flags as a :class:`ConvertConfig`; an impossible combination is a usage error."""
+    flags = {k: v for k, v in vars(args).items() if k in ConvertConfig.model_fields}
+    try:
+        return ConvertConfig(**flags)
+    except ValidationError as error:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+        raise ConvertUsageError(problems) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -311,31 +333,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint that cannot be read, a refused pickle, an unwritable ``--save-dir`` ..."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    if args.load_model_type == "hf" and args.save_model_type == "mg":
-        save_hf_as_mcore(
-            args.load_dir,
-            args.save_dir,
-            args.target_tensor_parallel_size,
-            args.target_pipeline_parallel_size,
-            num_layer_list=args.num_layer_list,
-            params_dtype=args.params_dtype,
-            model_type_hf=args.model_type_hf,
-            overwrite=args.overwrite,
-        )
-    elif args.load_model_type == "mg" and args.save_model_type == "hf":
-        mcore_to_hf(
-            args.load_dir,
-            args.save_dir,
-            hf_cfg_dir=args.hf_cfg_dir,
-            model_type_hf=args.model_type_hf,
-            params_dtype=args.params_dtype,
-            overwrite=args.overwrite,
-        )
-    else:
-        raise ConvertUsageError(
-            f"--load-model-type {args.load_model_type} --save-model-type "
-            f"{args.save_model_type} is not supported; use hf->mg or mg->hf"
-        )
+    convert(config_from_args(args))
     summary = {"save_dir": str(args.save_dir), "seconds": round(time.perf_counter() - t0, 3)}
     print(json.dumps(summary))
     return 0

@@ -11,10 +11,10 @@
   page cache, not heap. torch_dist directories are read by :mod:`packft.ckpt.torch_dist`.
 * Layout: ``latest_checkpointed_iteration.txt`` names ``iter_{n:07d}`` or ``release``;
   ``--load-dir`` may also be one iteration directory itself.
-* Output directories appear atomically: everything is written into a temporary sibling directory,
-  fsynced, then renamed over the target (``atomic_dir``). Before any work, ``check_save_dir``
-  refuses an existing target (without ``--overwrite``) and probes that the target's file system
-  is writable.
+* Output directories appear atomically (:func:`packft.core.atomic.atomic_dir`: a staged
+  directory, fsynced, renamed into place, an existing one swapped out in one rename). Before any
+  work, ``check_save_dir`` refuses an existing target (without ``--overwrite``) and probes that
+  the target's file system is writable.
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +40,7 @@ from packft.ckpt.safe_pickle import (
     load_weights_only,
 )
 from packft.ckpt.torch_dist import METADATA, is_dist_checkpoint
+from packft.core.atomic import probe_writable
 from packft.core.errors import PackftError, describe_os_error
 from packft.core.faults import inject
 
@@ -271,7 +270,7 @@ def copy_hf_side_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-# ------------------------------------------------------------------------------- atomic directory
+# ------------------------------------------------------------------------------- save directory
 def check_save_dir(save_dir: Path, overwrite: bool, load_dir: Path | None = None) -> None:
     """Refuse an existing ``save_dir`` without ``overwrite`` (checked before any work)."""
     if load_dir is not None and save_dir.resolve() == load_dir.resolve():
@@ -294,57 +293,9 @@ def check_writable(save_dir: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "--save-dir is inside a file", str(target))
     try:
         inject("convert.save_dir.probe", target)
-        os.rmdir(tempfile.mkdtemp(prefix=".packft-probe-", dir=target))
+        probe_writable(target, "the --save-dir location")
     except OSError as exc:
         raise PackftError(
             f"--save-dir {save_dir} cannot be created: {describe_os_error(exc)}. Choose a "
             "writable --save-dir (nothing was converted)"
         ) from exc
-
-
-def _fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(dirpath)
-
-
-@contextmanager
-def atomic_dir(final: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final``; on success fsync it and rename it into place.
-
-    An existing ``final`` (only with ``overwrite``) is moved aside first and restored if the
-    rename fails, so at every instant either the old or the new directory is complete.
-    """
-    check_save_dir(final, overwrite)
-    final = final.absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.rename(final, old / final.name)
-            try:
-                os.rename(tmp, final)
-            except BaseException:
-                os.rename(old / final.name, final)
-                old.rmdir()
-                raise
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

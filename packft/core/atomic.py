@@ -35,18 +35,33 @@ Worked example, dataset ``out/ds`` (data files ``B``, marker ``ds.packft.json``;
 Readers take the commit lock shared while they open and check a set, writers exclusive for the
 commit only (milliseconds), so a commit never changes files under a reader that is opening them.
 
-Cost: an fsync per file and per directory; the lock files are empty. Single-file writes
-(:func:`atomic_writer`) are a stage of one file: plain write, fsync, rename.
+Besides files, a stage holds **directories** (:meth:`Stage.make_dir`: a checkpoint, a converted
+model, a dataset version; sealed = every file in the tree fsynced), **symlinks**
+(:meth:`Stage.symlink`: a generation switch such as a store's ``latest``) and **adopted** files
+written elsewhere by their own protocol (:meth:`Stage.adopt`: a resumable download's ``.part``).
+A directory committed over an existing one is swapped in with one ``renameat2(RENAME_EXCHANGE)``
+(readers see the old tree or the new one, never neither) and the old tree, now at the temporary
+name, is removed; where the file system cannot swap, the old tree is first renamed to a hidden
+``.<name>.packft-old-<hex>`` that a crash leaves complete. :func:`atomic_dir` is a stage of one
+directory, :func:`atomic_writer` a stage of one file.
+
+This module is the only place in packft that renames into place or fsyncs
+(tests/core/test_atomic.py checks it on the source).
+
+Cost: an fsync per file and per directory; the lock files are empty.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,15 +75,91 @@ WRITER = r"(?P<writer>\d+-[0-9a-f]{8})"
 TEMP_RE = re.compile(rf"^\.(?P<target>.+)\.packft-{WRITER}\.tmp$")
 LOCK_RE = re.compile(rf"^\.packft-{WRITER}\.lock$")
 JOURNAL_SUFFIX = ".packft-journal"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
-def fsync_dir(directory: Path) -> None:
+# --- durability primitives ---------------------------------------------------------------------
+
+
+def fsync_file(target: int | IO | str | Path) -> None:
+    """Force a file's bytes to disk: an open fd or file object (flushed first), or a path."""
+    if isinstance(target, int):
+        os.fsync(target)
+    elif isinstance(target, str | os.PathLike):
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        target.flush()
+        os.fsync(target.fileno())
+
+
+def fsync_dir(directory: str | Path) -> None:
     """Persist a rename: the directory entry itself must reach the disk."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under ``root`` (deepest first), then ``root`` itself."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                fsync_file(path)
+        fsync_dir(dirpath)
+
+
+def retire(path: Path, hidden: Path) -> Path:
+    """Rename ``path`` to ``hidden`` (same directory) before deleting it, so a tree being deleted
+    is never visible half-deleted under its name; the caller removes ``hidden`` (after a crash it
+    finds it by its name)."""
+    os.replace(path, hidden)
+    return hidden
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file, symlink or directory tree; a missing one is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the kernel, the C library or the file system cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``. A directory over an existing directory is swapped in (see the
+    module doc) and the old tree removed once the swap is on disk."""
+    if not (tmp.is_dir() and not tmp.is_symlink() and final.is_dir() and not final.is_symlink()):
+        os.replace(tmp, final)
+        return
+    if _exchange(tmp, final):
+        fsync_dir(final.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # the old tree, now at the temporary name
+        return
+    old = retire(final, final.with_name(f".{final.name}.packft-old-{secrets.token_hex(4)}"))
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def temp_path(final: Path, writer: str) -> Path:
@@ -162,6 +253,7 @@ class Stage:
         self.lock = lock if lock is not None else journal
         self._fd, self.writer = _take_writer_lock(self.directory)
         self._temps: dict[Path, Path] = {}  # final -> temporary, in staging order
+        self._trees: set[Path] = set()  # finals staged as directories or symlinks
         self._open: dict[Path, HashingWriter] = {}
         self.records: dict[str, dict[str, Any]] = {}  # final name -> size, sha256, fingerprint
         self._faults = bool(os.environ.get("PACKFT_FAULT"))
@@ -194,22 +286,57 @@ class Stage:
             return handle
         return io.TextIOWrapper(handle, encoding="utf-8", write_through=True)
 
-    def seal(self, final: str | Path) -> dict[str, Any]:
-        """Flush, fsync and close ``final``'s temporary; record its size, sha256, fingerprint."""
+    def make_dir(self, final: str | Path) -> Path:
+        """Create an empty temporary directory for ``final`` (a checkpoint, a model, a dataset
+        version) and return it; fill it, then :meth:`seal` (fsyncs the whole tree)."""
         final = Path(final)
         tmp = self.temp(final)
+        try:
+            tmp.mkdir(mode=0o755)
+        except OSError as error:
+            raise named_os_error(error, final) from None
+        self._trees.add(final)
+        return tmp
+
+    def symlink(self, final: str | Path, target: str | Path) -> None:
+        """Stage ``final -> target`` (a generation switch: the commit replaces ``final`` in one
+        rename, so a reader resolves the old target or the new one)."""
+        final = Path(final)
+        os.symlink(target, self.temp(final))
+        self._trees.add(final)
+        self.records[final.name] = {"target": os.fspath(target), "fingerprint": None}
+
+    def adopt(self, final: str | Path, source: str | Path) -> dict[str, Any]:
+        """Stage a complete file written elsewhere under its own protocol (a resumable
+        download's ``.part``, same file system): moved to ``final``'s temporary and sealed."""
+        final = Path(final)
+        try:
+            os.replace(source, self.temp(final))
+        except OSError as error:
+            raise named_os_error(error, source) from None
+        return self.seal(final)
+
+    def seal(self, final: str | Path) -> dict[str, Any]:
+        """Flush, fsync and close ``final``'s temporary; record its size, sha256, fingerprint
+        (a staged directory: every file in it fsynced; its record has no hashes)."""
+        final = Path(final)
+        tmp = self.temp(final)
+        if final in self._trees:
+            fsync_tree(tmp)
+            record = self.records[final.name] = {"fingerprint": None}
+            return record
         handle = self._open.pop(final, None)
         sha256 = None
-        if handle is not None:
-            handle.sync()
-            sha256 = handle.sha256
-            handle.close()
-        else:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        try:
+            if handle is not None:
+                handle.flush()
+                fsync_file(handle.fileno())
+                sha256 = handle.sha256
+                handle.close()
+            else:
+                fsync_file(tmp)
+        except OSError as error:
+            raise named_os_error(error, final) from None
         record = self.records[final.name] = file_record(tmp, sha256)
         return record
 
@@ -221,7 +348,8 @@ class Stage:
             handle.discard()
         tmp = self._temps.pop(final, None)
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            remove_tree(tmp)
+        self._trees.discard(final)
         self.records.pop(final.name, None)
 
     # --- commit ----------------------------------------------------------------------------
@@ -231,8 +359,11 @@ class Stage:
         old version is removed first. With a journal, the journal is written before anything
         at a final name changes and removed after. Every temporary must have been sealed."""
         unsealed = [str(f) for f in self._open]
+        unsealed += [str(f) for f in self._temps if f.name not in self.records]
         if unsealed:
             raise RuntimeError(f"commit with unsealed files: {', '.join(unsealed)}")
+        if self.journal is not None and self._trees:
+            raise ValueError("a journaled commit holds files only (a directory is one rename)")
         finals = list(self._temps)
         if marker is not None:
             finals.remove(Path(marker))
@@ -253,6 +384,7 @@ class Stage:
                 inject(f"{self.label}.journal", self.journal)
                 _apply(self.directory, entries, marker is not None, self.label, self.journal)
         self._temps.clear()
+        self._trees.clear()
 
     def abort(self) -> None:
         """Remove every temporary of this stage (nothing at a final name changes). After the
@@ -327,9 +459,9 @@ def _apply(
 def _rename_all(directory: Path, entries: list[tuple[str, str, str]], label: str) -> None:
     for tmp_name, final_name, expected in entries:
         tmp, final = directory / tmp_name, directory / final_name
-        if tmp.exists():
-            os.replace(tmp, final)
-        elif not final.exists() or fingerprint(final) != expected:
+        if tmp.is_symlink() or tmp.exists():
+            _install(tmp, final)
+        elif expected is None or not final.exists() or fingerprint(final) != expected:
             raise IntegrityError(
                 f"cannot finish the commit in {directory}: {tmp_name} is gone and {final_name} "
                 "is not the file it recorded; write the dataset again"
@@ -384,8 +516,8 @@ def sweep(directory: str | Path) -> list[Path]:
         with _dead_writer(directory, writer) as dead:
             if dead:
                 for name in files:
-                    with contextlib.suppress(FileNotFoundError):
-                        (directory / name).unlink()
+                    if os.path.lexists(directory / name):
+                        remove_tree(directory / name)
                         removed.append(directory / name)
                 lock = _writer_lock_path(directory, writer)
                 with contextlib.suppress(FileNotFoundError):
@@ -449,3 +581,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`)."""
     with atomic_writer(path, "wb") as handle:
         handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, *, replace: bool = False, label: str = "dir") -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``final``; on clean exit fsync everything in it
+    and rename it to ``final`` (a stage of one directory, see :class:`Stage`).
+
+    Args:
+        final: the directory to create.
+        replace: swap out an existing ``final`` (else it is refused before any work).
+        label: prefix of the fault-injection points.
+
+    Raises:
+        FileExistsError: ``final`` exists and ``replace`` is False.
+
+    On an exception the temporary tree is removed and ``final`` is left untouched. Dead writers'
+    temporaries in the parent directory are removed first (:func:`sweep`).
+    """
+    final = Path(final).absolute()
+    if not replace and os.path.lexists(final):
+        raise FileExistsError(errno.EEXIST, "already exists; replace it or choose another", final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    sweep(final.parent)
+    with Stage(final.parent, label=label) as stage:
+        tmp = stage.make_dir(final)
+        yield tmp
+        stage.seal(final)
+        stage.commit()

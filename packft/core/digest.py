@@ -147,14 +147,6 @@ class HashingWriter(io.RawIOBase):
         except OSError as error:
             raise named_os_error(error, self._name) from None
 
-    def sync(self) -> None:
-        """Flush and fsync (the data must be on disk before any rename publishes it)."""
-        self.flush()
-        try:
-            os.fsync(self._raw.fileno())
-        except OSError as error:
-            raise named_os_error(error, self._name) from None
-
     def close(self) -> None:
         if not self.closed:
             try:

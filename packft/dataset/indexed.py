@@ -18,16 +18,14 @@ pointers [0, 12], document indices [0, 1, 2] (one sequence per document, as Mind
 data). MindSpeed's SFT files are ``{prefix}_packed_{input_ids,attention_mask,labels}_document``.
 
 Writing streams: each ``add`` appends to the temporary ``.bin`` and remembers one length, so memory
-is 4 + 8 bytes per sequence, not the data. Nothing appears at the final names until ``commit``:
-files are written under temporary names in the same directory, fsynced, then renamed. Given a
-:class:`packft.core.atomic.Stage`, the writer stages both files there (hashed while written) and the
-stage commits them with the other files of the set. Reading
-memory-maps both files and returns numpy views (no copy).
+is 4 + 8 bytes per sequence, not the data. The writer stages both files in the caller's
+:class:`packft.core.atomic.Stage` (temporary names, hashed while written, fsynced by
+``finalize``); nothing appears at the final names until the stage commits them with the other
+files of the set. Reading memory-maps both files and returns numpy views (no copy).
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from array import array as typed_array
 from collections.abc import Iterable, Sequence
@@ -37,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from packft.core.atomic import Stage, fsync_dir
+from packft.core.atomic import Stage
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -81,20 +79,30 @@ def sft_prefix(prefix: str | Path, key: str) -> str:
     return f"{prefix}_packed_{key}_document"
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def require_sft_files(prefix: str | Path) -> None:
+    """Raise one ``FileNotFoundError`` naming every missing file of the SFT set at ``prefix``,
+    what is there instead and how to write it (before a trainer creates anything)."""
+    wanted = [f"{sft_prefix(prefix, k)}.{ext}" for k in SFT_KEYS for ext in ("bin", "idx")]
+    missing = [p for p in wanted if not Path(p).exists()]
+    if missing:
+        found = sorted(p.name for p in Path(prefix).parent.glob("*_packed_*_document.idx"))
+        raise FileNotFoundError(
+            f"--data-path {prefix}: missing {', '.join(missing)}; found there: "
+            f"{found or 'nothing'}. Write it with `packft preprocess ... --output-prefix PREFIX` "
+            "and pass that PREFIX"
+        )
 
 
 class IndexedDatasetWriter:
     """Streams sequences into ``{prefix}.bin/.idx``; one ``add`` = one sequence = one document.
 
-    Use as a context manager; ``finalize()`` writes the index and returns the (temporary, final)
-    path pairs, which :func:`commit` renames into place together with other writers' files. If the
-    block raises, the temporary files are removed and nothing at the final names changes.
+    Use as a context manager; ``finalize()`` writes the index and seals both files in ``stage``,
+    whose ``commit`` puts them in place together with the other files of the set. If the block
+    raises, the temporary files are removed and nothing at the final names changes.
     """
 
     def __init__(
-        self, prefix: str | Path, dtype: type[np.generic] = np.int32, stage: Stage | None = None
+        self, prefix: str | Path, stage: Stage, dtype: type[np.generic] = np.int32
     ) -> None:
         self.prefix = Path(prefix)
         self.dtype = np.dtype(dtype)
@@ -106,14 +114,7 @@ class IndexedDatasetWriter:
         self._stage = stage
         self._bin_final = Path(f"{self.prefix}.bin")
         self._idx_final = Path(f"{self.prefix}.idx")
-        if stage is None:
-            self._bin_tmp = _tmp_name(self._bin_final)
-            self._idx_tmp = _tmp_name(self._idx_final)
-            self._bin: Any = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in finalize/abort
-        else:
-            self._bin_tmp = stage.temp(self._bin_final)
-            self._idx_tmp = stage.temp(self._idx_final)
-            self._bin = stage.open(self._bin_final)
+        self._bin: Any = stage.open(self._bin_final)
         # typed arrays, not lists: 4 + 8 bytes per sequence instead of ~70 (no int objects)
         self._lengths = typed_array("i")  # int32, as in the index
         self._documents = typed_array("q", [0])
@@ -147,25 +148,15 @@ class IndexedDatasetWriter:
     def __len__(self) -> int:
         return len(self._lengths)
 
-    def finalize(self) -> list[tuple[Path, Path]]:
-        """Flush and fsync both temporary files; return (tmp, final) pairs for :func:`commit`
-        (with a ``stage`` both are sealed in it instead, and the stage commits them)."""
+    def finalize(self) -> None:
+        """Write the index and seal both files in the stage (fsynced, sizes and hashes
+        recorded); the stage's ``commit`` renames them into place."""
         if self._finalized:
             raise RuntimeError(f"{self.prefix} was already finalized")
-        if self._stage is not None:
-            self._stage.seal(self._bin_final)
-            self._write_index(self._stage.open(self._idx_final))
-            self._stage.seal(self._idx_final)
-        else:
-            self._bin.flush()
-            os.fsync(self._bin.fileno())
-            self._bin.close()
-            with open(self._idx_tmp, "wb") as index:
-                self._write_index(index)
-                index.flush()
-                os.fsync(index.fileno())
+        self._stage.seal(self._bin_final)
+        self._write_index(self._stage.open(self._idx_final))
+        self._stage.seal(self._idx_final)
         self._finalized = True
-        return [(self._bin_tmp, self._bin_final), (self._idx_tmp, self._idx_final)]
 
     def _write_index(self, index: Any) -> None:
         lengths = np.frombuffer(self._lengths, dtype=np.intc).astype(np.int32, copy=False)
@@ -184,14 +175,8 @@ class IndexedDatasetWriter:
 
     def abort(self) -> None:
         """Drop the temporary files; the final names are untouched."""
-        if self._stage is not None:
-            self._stage.discard(self._bin_final)
-            self._stage.discard(self._idx_final)
-            return
-        if not self._bin.closed:
-            self._bin.close()
-        for tmp in (self._bin_tmp, self._idx_tmp):
-            tmp.unlink(missing_ok=True)
+        self._stage.discard(self._bin_final)
+        self._stage.discard(self._idx_final)
 
     def __enter__(self) -> IndexedDatasetWriter:
         return self
@@ -204,22 +189,6 @@ class IndexedDatasetWriter:
     ) -> None:
         if exc_type is not None:
             self.abort()
-
-
-def commit(pairs: Iterable[tuple[Path, Path]]) -> None:
-    """Rename finished temporary files to their final names, then fsync the directories.
-
-    Every file is complete and on disk before the first rename, so a crash before this point
-    leaves the previous dataset untouched, and the renames themselves take microseconds.
-    """
-    pairs = list(pairs)
-    for tmp, _ in pairs:
-        if not tmp.exists():
-            raise FileNotFoundError(f"temporary file {tmp} vanished before commit")
-    for tmp, final in pairs:
-        os.replace(tmp, final)
-    for directory in {final.parent for _, final in pairs}:
-        fsync_dir(directory)
 
 
 class IndexedDataset:

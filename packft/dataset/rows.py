@@ -33,10 +33,8 @@ renamed and the new sidecar (with each file's size, sha256 and fingerprint, see
 run removes the temporaries); a kill after it is rolled forward by the next packft process. A write
 error removes every temporary and names the file and errno.
 
-Measured (benchmarks/bench_preprocess.py, before the pad id moved into the shard header): the
-write step (tokenizer load, pread gather, three writers, fsync, sidecar) took 1.3 s for 100k
-Alpaca samples (4,884 rows of 4096) and 4.0 s for 400k, with the main process flat at ~0.55 GiB
-(mostly transformers). It no longer loads the tokenizer for shards that carry the ids.
+Cost: the tokenizer is not loaded for shards that carry the ids; timings of the whole job
+(benchmarks/bench_preprocess.py, bench_integrity.py for this write step) are in the README.
 """
 
 from __future__ import annotations
@@ -141,7 +139,7 @@ def write_sft_dataset(
         try:
             writers = {
                 key: IndexedDatasetWriter(
-                    sft_prefix(prefix, key), ids_dtype if key == "input_ids" else np.int32, stage
+                    sft_prefix(prefix, key), stage, ids_dtype if key == "input_ids" else np.int32
                 )
                 for key in SFT_KEYS
             }

@@ -5,8 +5,8 @@ Layout under an output root (``dirname(--output-prefix)``)::
     root/versions/20261128-021500.123456-3f9c0a1b2d/   one complete dataset (UTC time + fingerprint)
         <name>_packed_{input_ids,attention_mask,labels}_document.{bin,idx}
         <name>.packft.json  <name>.packft.plan.npz  samples.u64.npy  VERSION.json
-    root/versions/.tmp-<version>     a build in progress (or a killed one's leftovers)
-    root/versions/.lease-<version>   flock held by the process that owns that build
+    root/versions/.<version>.packft-<writer>.tmp   a build in progress (a staged directory)
+    root/versions/.lease-<version>   flock held by the process that owns that name
     root/latest -> versions/20261128-021500.123456-3f9c0a1b2d
     root/published.json              publish history: [{"version", "at", "forced"}, ...]
     root/.store.lock                 the store lock (see packft.dataset.store_lock)
@@ -15,14 +15,15 @@ Guarantees (several processes may build and publish into one root at the same ti
 
 * Every change of the namespace (name allocation, build -> version rename, ``latest`` swap,
   prune, cleanup) happens under the cross-process store lock; datasets are written outside it.
-* A version is built in ``versions/.tmp-<name>`` and renamed into place only when complete
-  (``VERSION.json`` written last), so ``versions/*`` holds only complete datasets. Pruned versions
-  are renamed to ``.trash-*`` before being deleted, so a half-deleted one is never visible.
+* A version is built in a staged directory (:meth:`packft.core.atomic.Stage.make_dir`) and
+  committed (fsynced, renamed into place) only when complete (``VERSION.json`` written last), so
+  ``versions/*`` holds only complete datasets. Pruned versions are renamed to ``.trash-*``
+  (:func:`packft.core.atomic.retire`) before being deleted, so a half-deleted one is never visible.
 * Names sort by creation time: the UTC time in microseconds at allocation (under the lock), bumped
   to 1 us after the newest existing name if the clock did not advance or went back. Two versions
   never share a stamp, so the fingerprint never decides the order.
-* ``latest`` moves by creating a relative symlink beside it and ``os.replace``-ing it over the old
-  one (atomic on POSIX): a reader sees the old or the new dataset, never a mix. It is only ever
+* ``latest`` moves by a staged relative symlink committed over the old one in one rename
+  (:meth:`packft.core.atomic.Stage.symlink`): a reader sees the old or the new dataset, never a mix. It is only ever
   pointed at a complete version, checked under the lock, and prune (also under the lock) reads
   ``latest`` itself, so it never deletes what ``latest`` names, whoever moved it last.
 * ``root/published.json`` lists every publish (version, UTC time, forced), written before the
@@ -31,9 +32,9 @@ Guarantees (several processes may build and publish into one root at the same ti
   never-published ones (refused by the publish gate, or finished by a run killed before its
   publish): garbage refused night after night can neither fill the disk nor push out the last
   good versions. (A store without the file counts versions up to ``latest`` as published.)
-* A killed writer's ``.tmp-*`` (and lease, ``.trash-*``, ``.latest.tmp-*``) is removed by the next
-  allocation or publish on the same root; a build whose lease is still held (a live writer) is
-  never touched.
+* A killed writer's staged build or link (and its lease, ``.trash-*``) is removed by the next
+  allocation or publish on the same root; a live writer's build is never touched (its stage's
+  writer lock and its lease are held).
 * :func:`publish` can take a :class:`~packft.dataset.publish_gate.PublishGate`: the diff against the
   current ``latest`` is computed under the lock and a regression raises
   :class:`~packft.dataset.publish_gate.PublishRefused` with ``latest`` unchanged.
@@ -50,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -61,7 +61,16 @@ from typing import Any
 
 import numpy as np
 
-from packft.core.atomic import atomic_write_bytes, fsync_dir
+from packft.core.atomic import (
+    TEMP_RE,
+    Stage,
+    atomic_write_bytes,
+    atomic_writer,
+    fsync_dir,
+    remove_tree,
+    retire,
+    sweep,
+)
 from packft.core.errors import IntegrityError
 from packft.core.faults import inject
 from packft.dataset.publish_gate import PublishGate, PublishRefused
@@ -71,9 +80,8 @@ LATEST = "latest"
 VERSIONS = "versions"
 MANIFEST = "VERSION.json"
 SAMPLES = "samples.u64.npy"
-TMP_PREFIX = ".tmp-"
+LEGACY_TMP_PREFIX = ".tmp-"  # builds of packft versions before the staged directories
 TRASH_PREFIX = ".trash-"
-LINK_TMP_PREFIX = f".{LATEST}.tmp-"
 HISTORY = "published.json"
 
 __all__ = [
@@ -95,6 +103,7 @@ __all__ = [
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _leases: dict[str, Lease] = {}  # version path -> this process's lease on it
+_builds: dict[str, Stage] = {}  # version path -> the stage holding its build directory
 _leases_guard = threading.Lock()
 
 
@@ -131,7 +140,9 @@ def _next_stamp(base: Path) -> str:
     increasing under the store lock even when the clock stalls or steps back."""
     now = time.time_ns() // 1000
     for entry in os.listdir(base):
-        for prefix in (TMP_PREFIX, LEASE_PREFIX, ""):
+        if match := TEMP_RE.match(entry):
+            entry = match["target"]
+        for prefix in (LEGACY_TMP_PREFIX, LEASE_PREFIX, ""):
             if entry.startswith(prefix):
                 stamp = stamp_of(entry[len(prefix) :])
                 if stamp is not None and stamp >= now:
@@ -193,38 +204,52 @@ def new_version_dir(root: Path, fingerprint: str) -> tuple[Path, Path]:
     root = Path(root)
     base = root / VERSIONS
     base.mkdir(parents=True, exist_ok=True)
+    _sweep_stages(root)
     trash: list[Path] = []
     with store_lock(root):
         trash += _remove_dead_leftovers(root)
         final = base / f"{_next_stamp(base)}-{_short(fingerprint)}"
-        tmp = base / f"{TMP_PREFIX}{final.name}"
         lease = Lease(lease_path(base, final.name))
         try:
-            tmp.mkdir()
+            stage = Stage(base, label="store.version")
+            tmp = stage.make_dir(final)
         except BaseException:
             lease.release()
             raise
         with _leases_guard:
             _leases[_lease_key(final)] = lease
+            _builds[_lease_key(final)] = stage
     _empty_trash(trash)
     return tmp, final
+
+
+def _build_stage(tmp: Path, final: Path) -> Stage:
+    with _leases_guard:
+        stage = _builds.pop(_lease_key(final), None)
+    if stage is None or stage.temp(final) != tmp:
+        raise ValueError(f"{tmp} is not a build this process allocated for {final}")
+    return stage
 
 
 def finalize_version(
     tmp: Path, final: Path, fingerprint: str, digests: np.ndarray, info: dict[str, Any]
 ) -> Path:
-    """Write the sample digests and ``VERSION.json`` (last), then rename ``tmp`` to ``final``."""
-    with open(tmp / SAMPLES, "wb") as handle:
-        np.save(handle, np.asarray(digests, dtype=np.uint64))
-        handle.flush()
-        os.fsync(handle.fileno())
-    manifest = {"fingerprint": fingerprint, "created": time.time(), **info}
-    atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
-    inject("store.version.staged", tmp)
-    with store_lock(final.parent.parent):
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    inject("store.version.renamed", final)
+    """Write the sample digests and ``VERSION.json`` (last), then commit the build ``tmp`` as
+    ``final`` (fault points ``store.version.staged``, ``.renamed``, ``.committed``)."""
+    stage = _build_stage(tmp, final)
+    try:
+        with atomic_writer(tmp / SAMPLES) as handle:
+            np.save(handle, np.asarray(digests, dtype=np.uint64))
+        manifest = {"fingerprint": fingerprint, "created": time.time(), **info}
+        atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        stage.seal(final)
+        with store_lock(final.parent.parent):
+            stage.commit()
+    except BaseException:
+        stage.abort()
+        raise
+    finally:
+        stage.close()
     return final
 
 
@@ -239,7 +264,13 @@ def release_version(version: Path) -> None:
 
 def abandon_version(tmp: Path, final: Path) -> None:
     """A build failed: remove its temporary dir, then give up its name."""
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        stage = _build_stage(tmp, final)
+    except ValueError:
+        remove_tree(tmp)
+    else:
+        stage.abort()
+        stage.close()
     release_version(final)
 
 
@@ -249,17 +280,23 @@ def abandon_version(tmp: Path, final: Path) -> None:
 def _to_trash(path: Path) -> Path:
     """Rename ``path`` out of sight (atomic), to be deleted after the lock is released."""
     trash = path.parent / f"{TRASH_PREFIX}{path.name.lstrip('.')}-{uuid.uuid4().hex[:8]}"
-    os.replace(path, trash)
-    return trash
+    return retire(path, trash)
 
 
 def _empty_trash(paths: list[Path]) -> None:
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True)  # another run may be emptying the same trash
+        remove_tree(path)  # another run may be emptying the same trash
+
+
+def _sweep_stages(root: Path) -> None:
+    """Dead writers' staged builds and links (safe without the store lock: a stage's writer lock
+    says whether its writer lives)."""
+    sweep(root / VERSIONS)
+    sweep(root)
 
 
 def _remove_dead_leftovers(root: Path) -> list[Path]:
-    """Builds of dead writers and their leases, unfinished deletions, stale link temps.
+    """Dead writers' leases, unfinished deletions, builds of older packft versions.
 
     Returns the trash to delete once the lock is released (large builds take a while).
     """
@@ -269,15 +306,13 @@ def _remove_dead_leftovers(root: Path) -> list[Path]:
         path = base / entry
         if entry.startswith(TRASH_PREFIX):
             trash.append(path)
-        elif entry.startswith(TMP_PREFIX):
-            lease = lease_path(base, entry[len(TMP_PREFIX) :])
+        elif entry.startswith(LEGACY_TMP_PREFIX):
+            lease = lease_path(base, entry[len(LEGACY_TMP_PREFIX) :])
             if not lease_is_live(lease):
                 trash.append(_to_trash(path))
                 lease.unlink(missing_ok=True)
         elif entry.startswith(LEASE_PREFIX) and not lease_is_live(path):
             path.unlink(missing_ok=True)  # its writer died after finishing the version
-    for link in root.glob(f"{LINK_TMP_PREFIX}*"):  # links are only made under this lock
-        link.unlink(missing_ok=True)
     return trash
 
 
@@ -362,6 +397,7 @@ def publish(
     if keep_previous < 0:
         raise ValueError(f"keep_previous must be >= 0, got {keep_previous}")
     trash: list[Path] = []
+    _sweep_stages(root)
     try:
         with store_lock(root):
             trash += _remove_dead_leftovers(root)
@@ -412,14 +448,11 @@ def _publish_locked(
 
 
 def _swap_latest(root: Path, name: str) -> None:
-    link = root / LATEST
-    tmp_link = root / f"{LINK_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(Path(VERSIONS) / name)
-    inject("store.publish.linked", tmp_link)
-    os.replace(tmp_link, link)
-    fsync_dir(root)
-    inject("store.publish.swapped", link)
+    """``latest -> versions/name`` in one rename (fault points ``store.publish.staged``,
+    ``.renamed``, ``.committed``)."""
+    with Stage(root, label="store.publish") as stage:
+        stage.symlink(root / LATEST, Path(VERSIONS) / name)
+        stage.commit()
 
 
 def _prune(root: Path, live: Path, keep: int) -> tuple[list[str], list[Path]]:

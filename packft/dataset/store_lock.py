@@ -10,8 +10,8 @@ locks also exclude threads of one process from each other.
   allocating a version name, renaming a build into ``versions/``, moving ``latest``, pruning,
   removing dead writers' leftovers. Held for milliseconds (no dataset is written under it).
 * :class:`Lease` (``versions/.lease-<name>``) is held by the process that builds a version, from
-  the allocation of its name until it publishes it or gives it up. Cleanup removes a
-  ``.tmp-<name>`` only when its lease is free (writer dead); prune never removes a leased version.
+  the allocation of its name until it publishes it or gives it up. Cleanup removes a staged build
+  of ``<name>`` only when its lease is free (writer dead); prune never removes a leased version.
   Leases are created, probed and unlinked only under the store lock, so a probe never races an
   unlink (the classic "locked an unlinked inode" flock bug).
 

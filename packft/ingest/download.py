@@ -17,8 +17,8 @@ attempt made progress. Each retry asks only for the missing tail (``Range: bytes
 ``If-Range`` so a changed file restarts from zero instead of splicing two versions). Other 4xx
 answers fail at once. When complete, the file is hashed; a mismatch with the expected ``sha256``
 deletes the partial file and raises :class:`ChecksumMismatchError`, so nothing corrupt stays in the
-cache. A good file is fsynced and renamed into ``blobs/``, then ``urls.json`` is rewritten
-atomically. A per-URL ``flock`` keeps two processes from writing the same ``.part``. A local write
+cache. A good file is committed into ``blobs/`` by a :class:`packft.core.atomic.Stage` (moved to
+a temporary name there, fsynced, renamed), then ``urls.json`` is rewritten atomically. A per-URL ``flock`` keeps two processes from writing the same ``.part``. A local write
 error (disk full, read-only, I/O) deletes the ``.part`` and raises one ``OSError`` naming it.
 A body sent without ``Content-Length`` (nor a ``Content-Range`` total) ends when the connection
 closes, so a cut-short transfer looks complete: unless ``sha256`` was given, such a file is kept
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from packft.core.atomic import atomic_write_bytes, fsync_dir, sweep
+from packft.core.atomic import Stage, atomic_write_bytes, fsync_file, sweep
 from packft.core.digest import file_sha256, named_os_error
 from packft.core.faults import inject
 
@@ -201,7 +201,8 @@ def _download_once(
                 etag = response.headers.get("etag", "")
                 if_range = etag if etag and not etag.startswith("W/") else ""
                 if_range = if_range or response.headers.get("last-modified", "")
-                meta.write_text(json.dumps({"url": url, "if_range": if_range, "suffix": suffix}))
+                record = {"url": url, "if_range": if_range, "suffix": suffix}
+                atomic_write_bytes(meta, json.dumps(record).encode())
             _receive(response, part, meta, mode)
     except httpx.TransportError as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
@@ -223,8 +224,7 @@ def _receive(response: Any, part: Path, meta: Path, mode: str) -> None:
                     inject("download.write", part)
                     handle.write(chunk)
             finally:
-                handle.flush()
-                os.fsync(handle.fileno())
+                fsync_file(handle)  # what was received survives for the next attempt
     except httpx.TransportError:
         raise
     except OSError as error:
@@ -281,7 +281,8 @@ def fetch_url(
 
     cache_dir = Path(cache_dir)
     expected = sha256.lower() if sha256 else None
-    sweep(cache_dir)
+    for where in (cache_dir, cache_dir / "blobs", cache_dir / "partial"):
+        sweep(where)
     if not refresh:
         entry = _load_index(cache_dir).get(url)
         usable = entry and (expected is None or entry["sha256"] == expected)
@@ -329,8 +330,9 @@ def fetch_url(
             )
         final = cache_dir / "blobs" / f"{digest}{suffix}"
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, final)  # over a blob of that name too: it may be a corrupt one
-        fsync_dir(final.parent)
+        with Stage(final.parent, label="download") as stage:
+            stage.adopt(final, part)  # fsynced, then over a blob of that name: it may be corrupt
+            stage.commit()
         meta.unlink(missing_ok=True)
     entry = {"sha256": digest, "file": f"blobs/{final.name}", "size": final.stat().st_size}
     if not length_known and expected is None:

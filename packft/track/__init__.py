@@ -11,6 +11,7 @@ in one place) and :mod:`~packft.track.plots` (the figures).
 """
 
 from packft.track.tracking import (
+    InputDataset,
     NullTracker,
     Tracker,
     data_dir,
@@ -22,6 +23,7 @@ from packft.track.tracking import (
 from packft.track.tracking_link import TrackingUnavailable
 
 __all__ = [
+    "InputDataset",
     "NullTracker",
     "Tracker",
     "TrackingUnavailable",

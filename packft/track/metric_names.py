@@ -91,7 +91,7 @@ def stats_params(
     values: Mapping[str, Any], prefix: str = "stats", metrics: Mapping[str, str] = DATA
 ) -> dict[str, Any]:
     """Every scalar of ``values`` not logged as one of ``metrics`` (plus counts by reason), as
-    ``{prefix: {...}}`` for ``Tracker.log_config``; histograms stay in the JSON artifacts."""
+    ``{prefix: {...}}`` for ``Tracker.log_params``; histograms stay in the JSON artifacts."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, Mapping):

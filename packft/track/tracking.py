@@ -1,9 +1,9 @@
 """Experiment tracking behind a small protocol; MLflow is one implementation, imported lazily.
 
 Everything in packft that records metrics (the preprocess job, the trainer, the Prefect flows)
-talks to a :class:`Tracker`: ``log`` (step metrics), ``log_dict`` (a JSON artifact),
-``log_config`` (flattened params), ``close``, plus ``log_figure``, ``set_tags``, ``log_dataset``
-and ``child``. :func:`make_tracker` returns an :class:`MlflowTracker` or, when tracking is
+talks to a :class:`Tracker` of five methods: ``log`` (step metrics), ``log_params`` (flattened
+params, or tags), ``log_artifact`` (a JSON mapping, a figure, a file or directory, or an
+:class:`InputDataset`), ``child`` (a nested run) and ``close``. :func:`make_tracker` returns an :class:`MlflowTracker` or, when tracking is
 disabled or unusable, a :class:`NullTracker` that accepts every call and does nothing, so
 callers never branch on "is tracking on".
 
@@ -15,7 +15,7 @@ Guarantees:
   thread, so a training step never waits for the server; a server that dies mid-run costs one
   warning, no step. ``required=True`` (``--tracking-required``) turns both into an error.
 
-* ``mlflow`` is imported only here, and only when a real tracker is made (import costs ~1.5-2 s).
+* ``mlflow`` is imported only here, and only when a real tracker is made (its import is slow).
 * The tracker uses an explicit ``MlflowClient`` and run id, never MLflow's thread-local "active
   run": a nested run is created with an explicit ``parent_run_id`` (the ``mlflow.parentRunId``
   tag), so it nests correctly from any thread (Prefect ``.submit``/``.map`` pool threads see no
@@ -27,9 +27,6 @@ Guarantees:
   ``./mlruns`` relative to whatever the working directory was when the experiment was created.
 * Params are flattened (``a.b.c``), stringified, truncated to MLflow's 6000-char limit and sent
   in batches of 100; non-numeric metric values are skipped rather than failing a run.
-
-Measured here (2 shared cores): first tracker on a fresh SQLite DB ~3 s (migrations), then a run
-with params, 20 metrics, one figure and a child run ~1.5-2 s.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
@@ -53,6 +51,8 @@ from urllib.parse import urlparse
 from packft.track.tracking_link import Link, TrackingUnavailable, probe, recently_lost
 
 __all__ = [
+    "Artifact",
+    "InputDataset",
     "MlflowTracker",
     "nest_runs_under",
     "NullTracker",
@@ -93,34 +93,39 @@ def nest_runs_under(tracker: Tracker) -> Iterator[None]:
         _DEFAULT_PARENT.reset(token)
 
 
+@dataclass(frozen=True)
+class InputDataset:
+    """An input dataset for :meth:`Tracker.log_artifact`: recorded as a run input (source and
+    content digest, searchable in MLflow's dataset view), not uploaded."""
+
+    source: str  # a path or an http(s) URL
+    digest: str  # sha256 of the content
+    context: str = "input"
+    tags: Mapping[str, Any] = field(default_factory=dict)
+
+
+Artifact = Mapping[str, Any] | InputDataset | str | Path | Any
+"""What :meth:`Tracker.log_artifact` takes: a mapping (JSON/YAML by the name's extension), an
+:class:`InputDataset`, a local file or directory, or a matplotlib figure (PNG)."""
+
+
 @runtime_checkable
 class Tracker(Protocol):
-    """What packft logs through. Implementations must be safe to call from worker threads."""
+    """What packft logs through: five methods. Implementations must be safe to call from worker
+    threads. Tags set at creation go through :func:`make_tracker` / :meth:`child`."""
 
     run_id: str | None
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Record scalar metrics at a step (training step, or 0 for one-shot stats)."""
 
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        """Store a JSON/YAML artifact (extension picks the format)."""
+    def log_params(self, params: Mapping[str, Any], *, tags: bool = False) -> None:
+        """Record a (nested) config as flat params; ``tags=True``: as searchable run tags
+        (values known only after the run started: the tokenizer's sha256, the version)."""
 
-    def log_config(self, params: Mapping[str, Any]) -> None:
-        """Record a (nested) config as flat params."""
-
-    def log_figure(self, fig: Any, artifact_file: str) -> None:
-        """Store a matplotlib figure as an image artifact."""
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Attach searchable tags (Prefect flow run id, deployment, ...)."""
-
-    def log_dataset(
-        self, name: str, source: str, digest: str, context: str = "input", **extra: Any
-    ) -> None:
-        """Record an input dataset by source (path/URL) and content digest."""
-
-    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        """Upload a local file."""
+    def log_artifact(self, name: str, payload: Artifact) -> None:
+        """Store ``payload`` (see :data:`Artifact`) under the artifact name ``name`` (a file's
+        or a directory's contents go under the artifact directory ``name``)."""
 
     def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Tracker:
         """A nested run under this one (same experiment)."""
@@ -140,27 +145,10 @@ class NullTracker:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+    def log_params(self, params: Mapping[str, Any], *, tags: bool = False) -> None:
         pass
 
-    def log_config(self, params: Mapping[str, Any]) -> None:
-        pass
-
-    def log_figure(self, fig: Any, artifact_file: str) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        pass
-
-    def log_dataset(
-        self, name: str, source: str, digest: str, context: str = "input", **extra: Any
-    ) -> None:
-        pass
-
-    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+    def log_artifact(self, name: str, payload: Artifact) -> None:
         pass
 
     def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> NullTracker:
@@ -312,9 +300,15 @@ class MlflowTracker:
                 self._client.log_batch, self.run_id, metrics=batch[start : start + 1000]
             )
 
-    def log_config(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+    def log_params(self, params: Mapping[str, Any], *, tags: bool = False) -> None:
+        from mlflow.entities import Param, RunTag
 
+        if tags:
+            given = {k: v for k, v in params.items() if v is not None}
+            items = [RunTag(k, v) for k, v in flatten_params(given)]
+            if items:
+                self._link.send(self._client.log_batch, self.run_id, tags=items)
+            return
         with self._lock:  # MLflow rejects re-logging a param with a different value
             fresh = {k: v for k, v in flatten_params(params) if k not in self._params}
             self._params.update(fresh)
@@ -322,48 +316,23 @@ class MlflowTracker:
         for start in range(0, len(items), 100):
             self._link.send(self._client.log_batch, self.run_id, params=items[start : start + 100])
 
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        self._link.send(self._client.log_dict, self.run_id, _plain(data), artifact_file)
-
-    def log_figure(self, fig: Any, artifact_file: str) -> None:
-        """Rendered to PNG here (matplotlib stays on the caller's thread), uploaded later."""
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        self._link.send(self._upload, buffer.getvalue(), artifact_file)
-
-    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self._link.send(self._client.log_artifact, self.run_id, str(local_path), artifact_path)
-
-    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
-        """Upload a directory (e.g. a small fine-tuned model)."""
-        self._link.send(self._client.log_artifacts, self.run_id, str(local_dir), artifact_path)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
-        if items:
-            self._link.send(self._client.log_batch, self.run_id, tags=items)
-
-    def log_dataset(
-        self, name: str, source: str, digest: str, context: str = "input", **extra: Any
-    ) -> None:
-        """``mlflow.data`` MetaDataset (source + digest); the full digest also goes in a tag."""
-        from mlflow.data.dataset_source_registry import get_registered_sources
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
-
-        if urlparse(source).scheme in ("http", "https"):
-            src = HTTPDatasetSource(url=source)
+    def log_artifact(self, name: str, payload: Artifact) -> None:
+        """Dispatch on the payload; a figure is rendered to PNG here (matplotlib stays on the
+        caller's thread), a mapping copied now; both are uploaded later by the link."""
+        if isinstance(payload, InputDataset):
+            self._link.send(self._client.log_inputs, self.run_id, [_dataset_input(name, payload)])
+        elif isinstance(payload, Mapping):
+            self._link.send(self._client.log_dict, self.run_id, _plain(payload), name)
+        elif isinstance(payload, str | os.PathLike):
+            path = Path(payload)
+            upload = self._client.log_artifacts if path.is_dir() else self._client.log_artifact
+            self._link.send(upload, self.run_id, str(path), name)
+        elif hasattr(payload, "savefig"):
+            buffer = io.BytesIO()
+            payload.savefig(buffer, format="png")
+            self._link.send(self._upload, buffer.getvalue(), name)
         else:
-            local = next(s for s in get_registered_sources() if s.__name__.startswith("LocalArt"))
-            src = local(str(source))
-        dataset = MetaDataset(src, name=name, digest=digest[:MAX_DIGEST])
-        tags = [InputTag("mlflow.data.context", context), InputTag("sha256", digest)]
-        tags += [InputTag(str(k), str(v)) for k, v in extra.items()]
-        entity = DatasetInput(dataset._to_mlflow_entity(), tags=tags)
-        self._link.send(self._client.log_inputs, self.run_id, [entity])
+            raise TypeError(f"log_artifact({name!r}): cannot store a {type(payload).__name__}")
 
     def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Tracker:
         """A nested run sharing this run's link; a :class:`NullTracker` once tracking is lost."""
@@ -401,6 +370,24 @@ class MlflowTracker:
 def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON-safe deep copy, taken now (the caller may change ``data`` before it is sent)."""
     return json.loads(json.dumps(dict(data), default=str))
+
+
+def _dataset_input(name: str, dataset: InputDataset) -> Any:
+    """``mlflow.data`` MetaDataset (source + digest); the full digest also goes in a tag."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    if urlparse(dataset.source).scheme in ("http", "https"):
+        src = HTTPDatasetSource(url=dataset.source)
+    else:
+        local = next(s for s in get_registered_sources() if s.__name__.startswith("LocalArt"))
+        src = local(str(dataset.source))
+    meta = MetaDataset(src, name=name, digest=dataset.digest[:MAX_DIGEST])
+    tags = [InputTag("mlflow.data.context", dataset.context), InputTag("sha256", dataset.digest)]
+    tags += [InputTag(str(k), str(v)) for k, v in dataset.tags.items()]
+    return DatasetInput(meta._to_mlflow_entity(), tags=tags)
 
 
 def make_tracker(

@@ -5,8 +5,9 @@ In: a :class:`~packft.train.config.TrainConfig` naming a set written by :mod:`pa
 :mod:`packft.ckpt`). Out: ``{save}/checkpoints/iter_*`` (exact resume), ``{save}/hf`` (and
 ``{save}/mcore``), ``{save}/train_log.jsonl`` and the run in :mod:`packft.track`.
 
-Modules: :mod:`~packft.train.config` (the options; no torch), :mod:`~packft.train.cli` (``packft
-train``: picks the engine), :mod:`~packft.train.loop` (the native step loop),
+Modules: :mod:`~packft.train.config` (the options; no torch), :mod:`~packft.train.engine`
+(:func:`train`: checks the settings and runs the engine they name; what the CLI and the flows
+call), :mod:`~packft.train.cli` (``packft train``), :mod:`~packft.train.loop` (the native step loop),
 :mod:`~packft.train.data` (rows -> segments, positions, loss weights; the sampler),
 :mod:`~packft.train.attention` (varlen attention per sample), :mod:`~packft.train.device`
 (NPU/CUDA/CPU), :mod:`~packft.train.state` (what the loop and the checkpoints share),
@@ -15,7 +16,7 @@ train``: picks the engine), :mod:`~packft.train.loop` (the native step loop),
 a run records; ``packft track-import``), :mod:`~packft.train.recompute` (activation
 recomputation), :mod:`~packft.train.memory` (the memory plan, ``--dry-run``) and
 :mod:`~packft.train.megatron_args` (MindSpeed launch flags: used, checked, ignored). Imports go one way: config and state <- data,
-checkpoint, mindspeed <- loop <- cli.
+checkpoint, mindspeed <- loop <- engine <- cli.
 
 :class:`TrainConfig` is imported eagerly; the other names load torch, so they load on first use.
 """
@@ -25,7 +26,8 @@ import importlib
 from packft.train.config import TrainConfig
 
 _LAZY = {
-    "train": "packft.train.loop",
+    "train": "packft.train.engine",
+    "check_engine": "packft.train.engine",
     "SFTDataset": "packft.train.data",
     "ShardedSampler": "packft.train.data",
     "run_mindspeed": "packft.train.mindspeed",

@@ -12,10 +12,13 @@ completed run, :func:`save_final` writes full weights as Hugging Face safetensor
 (config without packft's attention implementation, plus the tokenizer) and, with --save-mcore,
 a Megatron-mcore copy to `{save}/mcore` through the converter.
 
-Atomic write. A checkpoint is written into `.tmp-iter_{step:07d}`, every file is fsynced, the
-directory is renamed to its final name and its parent fsynced, and only then is `latest` replaced
-(temp file + fsync + rename, :mod:`packft.core.atomic`). A run killed at any moment therefore leaves
-`latest` naming a complete checkpoint; `{save}/hf` is likewise written as `.tmp-hf` and renamed.
+Atomic write, through :mod:`packft.core.atomic`. A checkpoint is a staged directory
+(`.iter_{step:07d}.packft-<writer>.tmp`, whose name rank 0 sends to the other ranks): every rank
+writes its files there, rank 0 fsyncs the tree and renames it to its final name (a re-saved step
+is swapped in with one rename), and only then is `latest` replaced (temp file + fsync + rename). A
+run killed at any moment therefore leaves `latest` naming a complete checkpoint; the next save
+removes a killed run's staged directories. `{save}/hf` is likewise a staged directory swapped in
+whole (:func:`packft.core.atomic.atomic_dir`).
 
 Exact resume. `--resume` (:func:`load_checkpoint`) restores model, optimizer, scheduler, sampler
 and step from `latest`, and each rank's RNG when the world size is unchanged (otherwise the fresh
@@ -34,9 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from packft.ckpt.safe_pickle import load_weights_only
-from packft.core.atomic import atomic_write_bytes, fsync_dir
+from packft.core.atomic import Stage, atomic_dir, atomic_write_bytes, sweep
 from packft.train.lora import export_adapter, lora_enabled
 
 if TYPE_CHECKING:
@@ -136,34 +137,49 @@ def trained_only(strict: bool = True) -> Any:
     return StateDictOptions(ignore_frozen_params=True, strict=strict)
 
 
+def _shared_path(path: Path | None) -> Path:
+    """Rank 0's ``path``, on every rank."""
+    if not dist.is_initialized():
+        return path  # type: ignore[return-value]
+    box = [str(path) if path is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
 def save_checkpoint(cfg: TrainConfig, env: DistEnv, p: Parts, step: int) -> Path:
-    """DCP model+optimizer, trainer state and RNG into a temp dir, renamed into place."""
+    """DCP model+optimizer, trainer state and RNG into a staged directory, committed by rank 0,
+    then `latest` (see the module doc)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     root = checkpoint_root(cfg)
-    final, tmp = root / f"iter_{step:07d}", root / f".tmp-iter_{step:07d}"
+    final = root / f"iter_{step:07d}"
+    stage = None
     if env.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
-    msd, osd = get_state_dict(p.model, p.optimizer, options=trained_only())
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
-    torch.save(rng_state(), tmp / f"rng_rank{env.rank:05d}.pt")
-    barrier()
-    if env.main:
-        trainer = {"step": step, "scheduler": p.scheduler.state_dict(), "world": env.world,
-                   "sampler": p.sampler.state_dict(), "config": cfg.model_dump(),
-                   "torch_threads": torch.get_num_threads()}  # fmt: skip
-        torch.save(trainer, tmp / "trainer_state.pt")
-        for path in tmp.iterdir():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        atomic_write_bytes(root / "latest", final.name.encode())
+        root.mkdir(parents=True, exist_ok=True)
+        sweep(root)  # a killed run's staged checkpoints
+        stage = Stage(root, label="train.checkpoint")
+    try:
+        tmp = _shared_path(stage.make_dir(final) if stage is not None else None)
+        msd, osd = get_state_dict(p.model, p.optimizer, options=trained_only())
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+        torch.save(rng_state(), tmp / f"rng_rank{env.rank:05d}.pt")
+        barrier()
+        if stage is not None:
+            trainer = {"step": step, "scheduler": p.scheduler.state_dict(), "world": env.world,
+                       "sampler": p.sampler.state_dict(), "config": cfg.model_dump(),
+                       "torch_threads": torch.get_num_threads()}  # fmt: skip
+            torch.save(trainer, tmp / "trainer_state.pt")
+            stage.seal(final)
+            stage.commit()
+            atomic_write_bytes(root / "latest", final.name.encode())
+    except BaseException:
+        if stage is not None:
+            stage.abort()
+        raise
+    finally:
+        if stage is not None:
+            stage.close()
     barrier()
     return final
 
@@ -222,21 +238,16 @@ def save_final(cfg: TrainConfig, env: DistEnv, model: torch.nn.Module) -> str:
         core = model.module if hasattr(model, "module") else model
         if lora_enabled(cfg):  # {save}/adapter alone; {save}/hf gets the merged weights
             state = export_adapter(cfg, core, state)
-        tmp = Path(cfg.save) / ".tmp-hf"
-        shutil.rmtree(tmp, ignore_errors=True)
-        core.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        config = json.loads((tmp / "config.json").read_text())
-        config.pop("_attn_implementation", None)  # loadable without packft
-        config.pop("attn_implementation", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        if cfg.tokenizer_name_or_path:
-            from transformers import AutoTokenizer
+        with atomic_dir(out, replace=True, label="train.final") as tmp:
+            core.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            config = json.loads((tmp / "config.json").read_text())
+            config.pop("_attn_implementation", None)  # loadable without packft
+            config.pop("attn_implementation", None)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            if cfg.tokenizer_name_or_path:
+                from transformers import AutoTokenizer
 
-            AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
+                AutoTokenizer.from_pretrained(cfg.tokenizer_name_or_path).save_pretrained(tmp)
         if cfg.save_mcore:
             from packft.ckpt.convert import save_hf_as_mcore
 

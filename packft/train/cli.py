@@ -1,7 +1,7 @@
 """``packft train`` on the command line: flags from :class:`~packft.train.config.TrainConfig`
-(plus ``--fp32`` and ``--config FILE``), then the engine it names: the native step loop
-(:mod:`packft.train.loop`, prints one JSON summary line) or MindSpeed-LLM's own trainer
-(:mod:`packft.train.mindspeed`). torch loads only once a run starts.
+(plus ``--fp32`` and ``--config FILE``), then :func:`packft.train.engine.train`, which checks the
+settings and runs the engine they name (the native step loop or MindSpeed-LLM's own trainer);
+prints its one JSON summary line. torch loads only once a run starts.
 """
 
 from __future__ import annotations
@@ -41,11 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_passthrough(passthrough, cfg, rank)
     if dry_run:
         return print_memory_plan(cfg)
-    if cfg.engine == "mindspeed":
-        from packft.train.mindspeed import run_mindspeed
-
-        return run_mindspeed(cfg)
-    from packft.train.loop import train
+    from packft.train.engine import train
 
     summary = train(cfg)
     if summary is not None:

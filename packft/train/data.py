@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from packft.core.constants import IGNORE_INDEX
-from packft.dataset.indexed import sft_prefix
+from packft.dataset.indexed import require_sft_files
 from packft.dataset.integrity import open_verified
 
 if TYPE_CHECKING:
@@ -185,17 +185,7 @@ class SFTDataset:
         seq_length: int | None = None,
     ) -> None:
         self.prefix = str(prefix)
-        missing = [
-            sft_prefix(prefix, k) + ".idx" for k in ("input_ids", "attention_mask", "labels")
-        ]
-        missing = [p for p in missing if not Path(p).exists()]
-        if missing:
-            found = sorted(p.name for p in Path(self.prefix).parent.glob("*_packed_*_document.idx"))
-            raise FileNotFoundError(
-                f"--data-path {self.prefix}: missing {', '.join(missing)}; found here: "
-                f"{found or 'nothing'}. Write the dataset with `packft preprocess ... "
-                "--output-prefix PREFIX` and pass that PREFIX."
-            )
+        require_sft_files(prefix)
         verified = open_verified(prefix)  # a partial, mixed or corrupt set is refused here
         for warning in verified.warnings:
             warnings.warn(warning, stacklevel=2)

@@ -65,11 +65,11 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
 def log_dataset(tracker: Any, sidecar: Mapping[str, Any], base: Mapping[str, Any]) -> None:
     """The dataset trained on: its options as ``dataset.*`` params, its figures (``data/*``)."""
     stats = dict(sidecar.get("stats") or {})
-    tracker.log_config({"dataset": {**base, **{k: v for k, v in sidecar.items() if k != "stats"}}})
-    tracker.log_config(metric_names.stats_params(stats))
+    tracker.log_params({"dataset": {**base, **{k: v for k, v in sidecar.items() if k != "stats"}}})
+    tracker.log_params(metric_names.stats_params(stats))
     tracker.log(metric_names.named(stats, metric_names.DATA), step=0)
     if sidecar:
-        tracker.log_dict(dict(sidecar), "dataset_sidecar.json")
+        tracker.log_artifact("dataset_sidecar.json", dict(sidecar))
 
 
 def log_steps(tracker: Any, steps: list[dict[str, Any]], keys: tuple[str, ...] = ()) -> None:
@@ -92,10 +92,10 @@ def curves_figure(steps: list[dict[str, Any]]) -> Any:
 def log_summary(tracker: Any, summary: Mapping[str, Any], figure: Any) -> None:
     """The summary figures (``train/final_loss`` ...), the rest as params, the curves plot."""
     tracker.log(metric_names.named(summary, metric_names.SUMMARY), step=int(summary["steps"]))
-    tracker.log_config(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
-    tracker.log_dict(dict(summary), SUMMARY_FILE)
+    tracker.log_params(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
+    tracker.log_artifact(SUMMARY_FILE, dict(summary))
     if figure is not None:
-        tracker.log_figure(figure, PLOT_FILE)
+        tracker.log_artifact(PLOT_FILE, figure)
 
 
 def finish(tracker: Any, save: str | Path, summary: Mapping[str, Any]) -> None:
@@ -125,7 +125,7 @@ def replay(save: str | Path, tracker: Any) -> dict[str, Any]:
     config_path = save / CONFIG_FILE
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     if config:
-        tracker.log_config(config)
+        tracker.log_params(config)
         sidecar_path = Path(f"{config.get('data_path')}.packft.json")
         if config.get("data_path") and sidecar_path.exists():
             log_dataset(tracker, json.loads(sidecar_path.read_text()), {})

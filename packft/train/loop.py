@@ -42,6 +42,7 @@ from typing import Any
 import torch  # noqa: E402, I001
 import torch.distributed as dist  # noqa: E402
 
+from packft.core.atomic import atomic_write_bytes
 from packft.track import metric_names
 from packft.train import collectives, history, memory
 from packft.train import device as devices  # packft/__init__ set TORCH_DEVICE_BACKEND_AUTOLOAD
@@ -98,17 +99,9 @@ def setup_distributed(cfg: TrainConfig) -> DistEnv:
 
 def require_inputs(cfg: TrainConfig) -> None:
     """A missing dataset or model fails here, before anything is created."""
-    from packft.dataset.indexed import SFT_KEYS, sft_prefix
+    from packft.dataset.indexed import require_sft_files
 
-    wanted = [f"{sft_prefix(cfg.data_path, k)}.{ext}" for k in SFT_KEYS for ext in ("bin", "idx")]
-    missing = [p for p in wanted if not Path(p).exists()]
-    if missing:
-        found = sorted(p.name for p in Path(cfg.data_path).parent.glob("*_packed_*_document.idx"))
-        raise FileNotFoundError(
-            f"--data-path {cfg.data_path}: missing {', '.join(missing)}; found there: "
-            f"{found or 'nothing'}. Write it with `packft preprocess ... --output-prefix PREFIX` "
-            "and pass that PREFIX"
-        )
+    require_sft_files(cfg.data_path)
     if cfg.model and not (Path(cfg.model) / "config.json").exists():
         raise FileNotFoundError(
             f"--model {cfg.model}: no config.json there; pass a Hugging Face model directory "
@@ -138,7 +131,7 @@ def open_tracker(cfg: TrainConfig, env: DistEnv) -> Any:
         uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking,
         required=cfg.tracking_required, untracked_hint=hint,
     )  # fmt: skip
-    tracker.log_config(cfg.model_dump())
+    tracker.log_params(cfg.model_dump())
     return tracker
 
 
@@ -241,7 +234,8 @@ def fit(cfg: TrainConfig, env: DistEnv, p: Parts, tracker: Any) -> dict[str, Any
     if env.main:
         Path(cfg.save).mkdir(parents=True, exist_ok=True)
         keep = log_path.read_text().splitlines()[: p.step] if p.step and log_path.exists() else []
-        log_path.write_text("".join(line + "\n" for line in keep))  # drop steps redone after resume
+        text = "".join(line + "\n" for line in keep)  # drop steps redone after resume
+        atomic_write_bytes(log_path, text.encode())  # a kill here keeps the old log whole
         log_dataset_stats(p.dataset, tracker)
     autocast = (
         torch.autocast(env.device.type, dtype=torch.bfloat16)

@@ -92,13 +92,13 @@ def build_command(
     cfg: Any, hf_config: dict[str, Any], load_dir: str, *, neat: bool, master_port: int = 6000
 ) -> list[str]:
     """The torchrun command line for MindSpeed-LLM's posttrain_gpt.py (TrainConfig -> flags)."""
-    home = Path(cfg.mindspeed_home)
+    script = posttrain_script(cfg) or Path(cfg.mindspeed_home or ".") / SCRIPT
     torchrun = shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     cmd = [
         *launcher, "--nproc_per_node", str(cfg.nproc_per_node), "--nnodes", "1",
         "--node_rank", "0", "--master_addr", "localhost", "--master_port", str(master_port),
-        str(home / "posttrain_gpt.py"),
+        str(script),
         *model_arguments(hf_config),
         "--tensor-model-parallel-size", str(cfg.tensor_model_parallel_size),
         "--pipeline-model-parallel-size", str(cfg.pipeline_model_parallel_size),
@@ -147,12 +147,27 @@ def forward_log(lines: Iterable[str], tracker: Any, echo: Any = None) -> list[di
     return steps
 
 
+SCRIPT = "posttrain_gpt.py"
+
+
+def posttrain_script(cfg: Any) -> Path | None:
+    """MindSpeed-LLM's ``posttrain_gpt.py``: in ``--mindspeed-home``, else the executable of that
+    name on PATH (None: not found)."""
+    if cfg.mindspeed_home:
+        script = Path(cfg.mindspeed_home) / SCRIPT
+        return script if script.is_file() else None
+    found = shutil.which(SCRIPT)
+    return Path(found).resolve() if found else None
+
+
 def check_config(cfg: Any) -> list[str]:
+    """Every setting ``--engine mindspeed`` cannot run with (empty: it can)."""
     problems = []
-    if not cfg.mindspeed_home or not (Path(cfg.mindspeed_home) / "posttrain_gpt.py").is_file():
+    if posttrain_script(cfg) is None:
+        where = f"--mindspeed-home {cfg.mindspeed_home}" if cfg.mindspeed_home else "PATH"
         problems.append(
-            f"--mindspeed-home {cfg.mindspeed_home}: posttrain_gpt.py not found; pass a "
-            "MindSpeed-LLM checkout (git clone https://gitee.com/ascend/MindSpeed-LLM)"
+            f"{SCRIPT} not found in {where}; pass --mindspeed-home of a MindSpeed-LLM checkout "
+            "(git clone https://gitee.com/ascend/MindSpeed-LLM) or put its script on PATH"
         )
     for flag, value in (("--prompt-type", cfg.prompt_type), ("--seq-length", cfg.seq_length),
                         ("--tokenizer-name-or-path", cfg.tokenizer_name_or_path)):  # fmt: skip
@@ -187,15 +202,16 @@ def hf_config_of(cfg: Any) -> dict[str, Any]:
     return config
 
 
-def run_mindspeed(cfg: Any) -> int:
-    """Convert if needed, launch posttrain_gpt.py, stream and track its log; returns its exit code."""
+def run_mindspeed(cfg: Any) -> dict[str, Any]:
+    """Convert if needed, launch posttrain_gpt.py, stream and track its log; returns the summary
+    (``returncode`` is the script's exit status). Call it through
+    :func:`packft.train.engine.train`, which checks the settings first."""
     from packft.track.tracking import make_tracker
-    from packft.train.data import SFTDataset
+    from packft.train.data import SFTDataset, token_ids
 
-    problems = check_config(cfg)
-    if problems:
-        raise ValueError("--engine mindspeed:\n  - " + "\n  - ".join(problems))
-    from packft.train.data import token_ids
+    script = posttrain_script(cfg)
+    if script is None:  # the engine checked; the script went away since
+        raise FileNotFoundError("; ".join(check_config(cfg)))
 
     eos, _ = token_ids(cfg)
     neat = SFTDataset(cfg.data_path, pack_mode=cfg.pack_mode, eos_id=eos).mode == "neat"
@@ -211,9 +227,9 @@ def run_mindspeed(cfg: Any) -> int:
         cfg.tracking_uri, cfg.experiment, cfg.run_name, enabled=cfg.tracking,
         required=cfg.tracking_required,
     )  # fmt: skip
-    tracker.log_config({**cfg.model_dump(), "command": " ".join(cmd)})
+    tracker.log_params({**cfg.model_dump(), "command": " ".join(cmd)})
     env = {**os.environ, "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
-    proc = subprocess.Popen(cmd, cwd=cfg.mindspeed_home, env=env, text=True,
+    proc = subprocess.Popen(cmd, cwd=script.parent, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)  # fmt: skip
     try:
         steps = forward_log(proc.stdout, tracker, echo=sys.stderr)
@@ -229,5 +245,4 @@ def run_mindspeed(cfg: Any) -> int:
         "engine": "mindspeed",
         "returncode": code,
     }
-    print(json.dumps(summary), flush=True)
-    return code
+    return summary

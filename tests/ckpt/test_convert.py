@@ -390,6 +390,32 @@ def test_cli_both_directions(hf_dirs: dict[str, Path], tmp_path: Path, capsys) -
     assert "--model-type-hf qwen2 expects HF model_type 'qwen2'" in capsys.readouterr().err
 
 
+def test_one_convert_config_for_the_cli_and_the_flows(
+    hf_dirs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """The CLI's flags and the flows' YAML are one model, with one (safe) overwrite default."""
+    from packft import pipeline_config
+    from packft.ckpt.convert import add_arguments, config_from_args, convert
+    from packft.ckpt.options import ConvertConfig
+
+    assert pipeline_config.ConvertConfig is ConvertConfig
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--load-dir", "a", "--save-dir", "b"])
+    assert config_from_args(args) == ConvertConfig(load_dir="a", save_dir="b")
+    assert ConvertConfig(load_dir="a", save_dir="b").overwrite is False
+    out = tmp_path / "mg"
+    out.mkdir()
+    flow_like = ConvertConfig(load_dir=str(hf_dirs["qwen2-untied"]), save_dir=str(out))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert(flow_like)  # a flow must say overwrite: true to replace its intermediate
+    assert convert(flow_like.model_copy(update={"overwrite": True})) == out
+    assert (out / "iter_0000001").is_dir()
+    argv = ["convert-ckpt", "--load-dir", "a", "--save-dir", "b", "--save-model-type", "hf"]
+    assert cli_main(argv) == 2  # hf -> hf
+    assert "hf->mg or mg->hf" in capsys.readouterr().err
+
+
 MINDSPEED_CKPT = "mindspeed_ckpt/llama2_mg_tp1pp1"
 MINDSPEED_HF = "mindspeed_ckpt/tiny_llama2_hf"
 

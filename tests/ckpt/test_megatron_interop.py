@@ -37,11 +37,11 @@ import numpy as np
 import pytest
 import torch
 
+from packft.core.atomic import Stage
 from packft.dataset.indexed import (
     DTYPE_CODES,
     SFT_KEYS,
     IndexedDatasetWriter,
-    commit,
     open_sft_dataset,
     sft_prefix,
 )
@@ -484,11 +484,11 @@ def test_megatron_reads_writer_output(megatron_core: Any, tmp_path: Path, code: 
     high = 100 if dtype.itemsize == 1 else 30000
     sequences = [rng.integers(0, high, size=int(n)).astype(dtype) for n in [0, 1, 7, 300, 2, 64]]
     prefix = tmp_path / "w"
-    with IndexedDatasetWriter(prefix, dtype) as writer:
+    with Stage(tmp_path) as stage, IndexedDatasetWriter(prefix, stage, dtype) as writer:
         writer.extend(sequences)
-        pairs = writer.finalize()
+        writer.finalize()
         assert not glob.glob(f"{prefix}*"), "temporary files must be invisible to prefix globs"
-    commit(pairs)
+        stage.commit()
     ds = IndexedDataset(str(prefix))
     assert len(ds) == len(sequences)
     assert ds.index.dtype == dtype.type

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from packft.core.atomic import Stage
 from packft.dataset.indexed import (
     IndexedDataset,
     IndexedDatasetWriter,
     IndexedFormatError,
-    commit,
     open_sft_dataset,
     optimal_dtype,
     sft_prefix,
@@ -20,10 +20,11 @@ from packft.dataset.indexed import (
 
 
 def _write(prefix: Path, sequences, dtype=np.int32) -> None:
-    with IndexedDatasetWriter(prefix, dtype) as writer:
+    with Stage(prefix.parent) as stage, IndexedDatasetWriter(prefix, stage, dtype) as writer:
         for seq in sequences:
             writer.add(seq)
-        commit(writer.finalize())
+        writer.finalize()
+        stage.commit()
 
 
 def test_worked_example_bytes(tmp_path: Path) -> None:
@@ -54,7 +55,8 @@ def test_round_trip(tmp_path: Path, dtype) -> None:
 def test_value_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     with (
         pytest.raises(ValueError, match="do not fit"),
-        IndexedDatasetWriter(tmp_path / "u", np.uint16) as w,
+        Stage(tmp_path) as stage,
+        IndexedDatasetWriter(tmp_path / "u", stage, np.uint16) as w,
     ):
         w.add([-100, 5])
     assert not list(tmp_path.iterdir()), "an aborted write must leave no files"
@@ -63,11 +65,12 @@ def test_value_that_does_not_fit_is_refused(tmp_path: Path) -> None:
 def test_nothing_at_final_names_until_commit(tmp_path: Path) -> None:
     _write(tmp_path / "d", [[1, 2, 3]])
     before = (tmp_path / "d.bin").read_bytes()
-    writer = IndexedDatasetWriter(tmp_path / "d")
-    writer.add([9, 9, 9, 9])
-    pairs = writer.finalize()
-    assert (tmp_path / "d.bin").read_bytes() == before  # old dataset still intact
-    commit(pairs)
+    with Stage(tmp_path) as stage:
+        writer = IndexedDatasetWriter(tmp_path / "d", stage)
+        writer.add([9, 9, 9, 9])
+        writer.finalize()
+        assert (tmp_path / "d.bin").read_bytes() == before  # old dataset still intact
+        stage.commit()
     assert IndexedDataset(tmp_path / "d")[0].tolist() == [9, 9, 9, 9]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin", "d.idx"]
 
@@ -113,11 +116,12 @@ def test_rewrite_of_mindspeed_reference_is_byte_identical(
 
 
 def test_empty_documents_repeat_the_index(tmp_path: Path) -> None:
-    with IndexedDatasetWriter(tmp_path / "e") as writer:
+    with Stage(tmp_path) as stage, IndexedDatasetWriter(tmp_path / "e", stage) as writer:
         writer.add([1, 2])
         writer.end_document()  # a dropped sample, as MindSpeed records it
         writer.add([3])
-        commit(writer.finalize())
+        writer.finalize()
+        stage.commit()
     ds = IndexedDataset(tmp_path / "e")
     assert ds.document_indices.tolist() == [0, 1, 1, 2]
     assert [ds[i].tolist() for i in range(len(ds))] == [[1, 2], [3]]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from packft.core.atomic import TEMP_RE
 from packft.dataset import store
 from tests.faults.store_worker import PAYLOAD_BYTES, payload
 
@@ -46,9 +47,10 @@ def run_worker(*args: object, fault: str | None = None) -> subprocess.CompletedP
 
 
 def leftovers(root: Path) -> list[str]:
-    """Everything a dead or finished writer could leave behind."""
-    names = [p.name for p in (root / "versions").iterdir() if p.name.startswith(".")]
-    return sorted(names + [p.name for p in root.glob(".latest.tmp-*")])
+    """Everything a dead or finished writer could leave behind: any hidden entry but the store
+    lock (staged builds and links, writer locks, leases, trash)."""
+    hidden = [p for d in (root, root / "versions") for p in d.iterdir() if p.name[0] == "."]
+    return sorted(p.name for p in hidden if p.name != ".store.lock")
 
 
 def latest_is_complete(root: Path) -> Path:
@@ -145,8 +147,8 @@ KILL_POINTS = {
     # point: whether `latest` names the new version after the kill
     "store.version.staged": False,
     "store.version.renamed": False,
-    "store.publish.linked": False,
-    "store.publish.swapped": True,
+    "store.publish.staged": False,
+    "store.publish.renamed": True,
     "store.prune.trashed": True,
 }
 
@@ -181,7 +183,7 @@ def test_cleanup_never_touches_a_live_concurrent_build(tmp_path: Path) -> None:
     )
     try:
         building = Path(holder.stdout.readline().strip())
-        assert building.name.startswith(".tmp-") and building.is_dir()
+        assert TEMP_RE.match(building.name) and building.is_dir()
         mine = published(root, keep=0)  # cleans dead leftovers and prunes: must spare the build
         assert building.is_dir() and (building / "data.bin").stat().st_size == PAYLOAD_BYTES
         out, _ = holder.communicate("go\n", timeout=60)

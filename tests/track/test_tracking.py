@@ -13,7 +13,13 @@ import pytest
 
 from packft.track import tracking
 from packft.track.plots import length_histogram
-from packft.track.tracking import NullTracker, Tracker, flatten_params, make_tracker
+from packft.track.tracking import (
+    InputDataset,
+    NullTracker,
+    Tracker,
+    flatten_params,
+    make_tracker,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,7 @@ def test_null_tracker_does_not_import_mlflow() -> None:
     code = (
         "import sys; from packft.track.tracking import make_tracker, NullTracker\n"
         "t = make_tracker(None, 'x', enabled=False)\n"
-        "t.log({'a': 1.0}, 0); t.log_config({'a': {'b': 1}}); t.child('c').close(); t.close()\n"
+        "t.log({'a': 1.0}, 0); t.log_params({'a': {'b': 1}}); t.child('c').close(); t.close()\n"
         "assert isinstance(t, NullTracker)\n"
         "print('mlflow' in sys.modules)\n"
     )
@@ -55,18 +61,43 @@ def test_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     )
 
 
+TRACKER_NAMES = {"tracker", "stage", "child", "parent", "run", "inner"}  # how callers name one
+
+
+def test_tracker_protocol_has_five_methods_and_packft_uses_no_other() -> None:
+    """The protocol stays small, and no caller reaches past it (e.g. to an MLflow-only method)."""
+    import ast
+
+    methods = {n for n, v in vars(Tracker).items() if callable(v) and not n.startswith("_")}
+    assert methods == {"log", "log_params", "log_artifact", "child", "close"}
+    assert methods <= set(dir(NullTracker))
+    repo = Path(__file__).resolve().parents[2]
+    reached = set()
+    for top in ("packft", "flows", "tasks"):
+        for path in (repo / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                receiver = getattr(getattr(node, "value", None), "id", None)
+                if isinstance(node, ast.Attribute) and receiver in TRACKER_NAMES:
+                    reached.add((str(path.relative_to(repo)), node.attr))
+    outside = {(f, a) for f, a in reached if a.startswith("log") or a in {"set_tags", "child"}}
+    assert {a for _, a in outside} <= methods, sorted(outside)
+
+
 def test_mlflow_run_round_trip(store: str, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     parent = make_tracker(store, "unit-tracking", "parent", tags={"prefect.flow_run_id": "abc"})
     assert isinstance(parent, Tracker)
-    parent.log_config({"pack": {"seq_length": 512, "algorithm": "bfd"}, "inputs": ["a", "b"]})
-    parent.log_config({"pack": {"seq_length": 512}})  # same value again: no MLflow error
+    parent.log_params({"pack": {"seq_length": 512, "algorithm": "bfd"}, "inputs": ["a", "b"]})
+    parent.log_params({"pack": {"seq_length": 512}})  # same value again: no MLflow error
+    parent.log_params({"packft.version": "v1", "packft.unset": None}, tags=True)
     for step in range(3):
         parent.log({"loss": 1.0 / (step + 1), "note": "skip-me"}, step=step)
-    parent.log_dict({"rows": 7}, "stats/pack.json")
-    parent.log_figure(length_histogram(np.array([10, 20, 600]), 512), "plots/lengths.png")
-    parent.log_dataset("a.json", str(tmp_path / "a.json"), "f" * 64, rows=3)
+    parent.log_artifact("stats/pack.json", {"rows": 7})
+    parent.log_artifact("plots/lengths.png", length_histogram(np.array([10, 20, 600]), 512))
+    parent.log_artifact(
+        "a.json", InputDataset(str(tmp_path / "a.json"), "f" * 64, tags={"rows": 3})
+    )
 
     children: list[str] = []
 
@@ -87,6 +118,8 @@ def test_mlflow_run_round_trip(store: str, tmp_path: Path) -> None:
     assert run.data.params["pack.seq_length"] == "512"
     assert run.data.params["pack.algorithm"] == "bfd"
     assert run.data.tags["prefect.flow_run_id"] == "abc"
+    assert run.data.tags["packft.version"] == "v1" and "packft.unset" not in run.data.tags
+    assert "packft.version" not in run.data.params
     assert [m.value for m in client.get_metric_history(parent.run_id, "loss")] == [1.0, 0.5, 1 / 3]
     assert "note" not in run.data.metrics
     names = {a.path for a in client.list_artifacts(parent.run_id, "stats")}
@@ -126,7 +159,7 @@ def test_nest_runs_under_adopts_parent_experiment_and_uri(store: str, tmp_path: 
     outside = make_tracker(store, "library-default-experiment", "alone")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    inner.log_artifacts(tmp_path / "model", "model")
+    inner.log_artifact("model", tmp_path / "model")
     for run in (inner, outside, stage):
         run.close()
     client = MlflowClient(tracking_uri=store)

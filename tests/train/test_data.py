@@ -8,21 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from packft.core.atomic import Stage
 from packft.core.constants import IGNORE_INDEX
-from packft.dataset.indexed import IndexedDatasetWriter, commit, sft_prefix
+from packft.dataset.indexed import IndexedDatasetWriter, sft_prefix
 from packft.train.data import SFTDataset, ShardedSampler, collate, segments_from_eos
 
 I = IGNORE_INDEX  # noqa: E741
 
 
 def write_sft(prefix: Path, rows) -> str:
-    pairs = []
-    for k, key in enumerate(("input_ids", "labels", "attention_mask")):
-        with IndexedDatasetWriter(sft_prefix(prefix, key)) as w:
-            for row in rows:
-                w.add(row[k])
-            pairs += w.finalize()
-    commit(pairs)
+    with Stage(prefix.parent) as stage:
+        for k, key in enumerate(("input_ids", "labels", "attention_mask")):
+            with IndexedDatasetWriter(sft_prefix(prefix, key), stage) as w:
+                for row in rows:
+                    w.add(row[k])
+                w.finalize()
+        stage.commit()
     return str(prefix)
 
 

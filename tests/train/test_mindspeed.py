@@ -13,9 +13,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from packft.dataset.indexed import IndexedDatasetWriter, commit, sft_prefix
+from packft.core.atomic import Stage
+from packft.dataset.indexed import IndexedDatasetWriter, sft_prefix
 from packft.train import mindspeed
 from packft.train.config import TrainConfig
+from packft.train.engine import train
 
 LOG = """\
 > building PretrainedFromHF tokenizer ...
@@ -37,11 +39,14 @@ class Recorder:
     def log(self, metrics, step):
         self.metrics.append((step, dict(metrics)))
 
-    def log_dict(self, data, artifact_file):
+    def log_params(self, params, *, tags=False):
+        self.params.update(params)
+
+    def log_artifact(self, name, payload):
         pass
 
-    def log_config(self, params):
-        self.params.update(params)
+    def child(self, run_name, tags=None):
+        return Recorder()
 
     def close(self, status="FINISHED"):
         pass
@@ -144,14 +149,14 @@ def test_launch_streams_a_stand_in_posttrain_script(tmp_path, llama2_tokenizer_d
         sys.stdout.write(open({str(tmp_path / "log.txt")!r}).read())
         """)
     )
-    pairs = []
-    for key, seq in (("input_ids", [5, 6, 2, 0]), ("labels", [-100, 6, 2, -100]),
-                     ("attention_mask", [1, 1, 1, 0])):  # fmt: skip
-        with IndexedDatasetWriter(sft_prefix(tmp_path / "d", key)) as w:
-            for _ in range(8):
-                w.add(np.array(seq))
-            pairs += w.finalize()
-    commit(pairs)
+    with Stage(tmp_path) as stage:
+        for key, seq in (("input_ids", [5, 6, 2, 0]), ("labels", [-100, 6, 2, -100]),
+                         ("attention_mask", [1, 1, 1, 0])):  # fmt: skip
+            with IndexedDatasetWriter(sft_prefix(tmp_path / "d", key), stage) as w:
+                for _ in range(8):
+                    w.add(np.array(seq))
+                w.finalize()
+        stage.commit()
     torch.manual_seed(0)
     LlamaForCausalLM(
         LlamaConfig(
@@ -165,8 +170,8 @@ def test_launch_streams_a_stand_in_posttrain_script(tmp_path, llama2_tokenizer_d
     ).save_pretrained(tmp_path / "m")
     c = cfg(tmp_path, tokenizer_name_or_path=str(llama2_tokenizer_dir), seq_length=4,
             tensor_model_parallel_size=1, nproc_per_node=1, tracking=False)  # fmt: skip
-    assert mindspeed.run_mindspeed(c) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = train(c)  # the library entry: checks, then picks the engine
+    assert summary["engine"] == "mindspeed" and summary["returncode"] == 0
     assert summary["steps"] == 3 and summary["final_loss"] == 1.402
     assert (tmp_path / "s" / "mcore_init" / "latest_checkpointed_iteration.txt").exists()
 
