@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 from prefect.serializers import Serializer
 from pydantic import BaseModel, Field, ValidationError
 
+from packft.core.atomic import retire
+
 log = logging.getLogger(__name__)
 
 SERIALIZER_TYPE = "packft-json"
@@ -192,7 +194,7 @@ def vet_record(result_store: Any, key: str) -> str:
     except RefusedResult as refused:
         aside = path.with_name(path.name + ".refused")
         try:
-            path.replace(aside)
+            retire(path, aside)  # set aside whole, never read again
         except OSError:
             log.warning("cached result %s refused (%s); computing again", path, refused)
             return f"{key}-refused-{uuid.uuid4().hex[:12]}"
