@@ -99,12 +99,13 @@ class RecordCounts(Result):
         return {**self.model_dump(), "rejected_total": self.rejected_total}
 
 
-class ValidationResult(Result):
-    """One input file checked record by record (no tokenizing)."""
+class InputResult(Result):
+    """What every per-input step reports: the input, its record counts and its rejects file."""
 
     file: str
     """The input's label (source spec or path)."""
     sha256: str
+    """The input's content digest."""
     counts: RecordCounts
     rejects: Path
     """The JSONL of this file's rejected records (empty when none)."""
@@ -115,17 +116,16 @@ class ValidationResult(Result):
         return InputCounts(self.file, c.total, c.valid, dict(c.rejected), str(self.rejects))
 
 
-class TokenizeResult(Result):
+class ValidationResult(InputResult):
+    """One input file checked record by record (no tokenizing)."""
+
+
+class TokenizeResult(InputResult):
     """One input file tokenized into one shard (or the shard reused), with its counts."""
 
-    file: str
-    sha256: str
-    """The input's content digest."""
     shard: Path
     shard_key: str
     """:func:`packft.tokenize.shard_key` (input, tokenizer, options, version): the shard's name."""
-    rejects: Path
-    counts: RecordCounts
     truncated: int = 0
     truncated_marker_lost: int = 0
     dropped: int = 0
@@ -137,10 +137,6 @@ class TokenizeResult(Result):
     """Samples per length before any cut (the length histogram, counted while tokenizing)."""
     lengths_before_cut: bool = True
     """False for a shard from before ``length_counts`` existed: the stored (cut) lengths."""
-
-    def input_counts(self) -> InputCounts:
-        c = self.counts
-        return InputCounts(self.file, c.total, c.valid, dict(c.rejected), str(self.rejects))
 
 
 class PlanResult(Result):

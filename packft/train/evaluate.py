@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from packft.train.attention import packed_model_kwargs
 from packft.train.data import Batch, loss_sum
 
 if TYPE_CHECKING:
@@ -56,6 +55,8 @@ def micro_batch_loss_sum(
     model: torch.nn.Module, batch: Batch, reduction: str, device: torch.device
 ) -> torch.Tensor:
     """Summed weighted CE of one micro-batch through the packed forward (as the step loop)."""
+    from packft.train.attention import packed_model_kwargs  # loads transformers: on first use
+
     kwargs = packed_model_kwargs(batch.cu_seqlens, batch.max_seqlen)
     batch = batch.to(device)
     kwargs["cu_seq_lens_q"] = kwargs["cu_seq_lens_k"] = batch.cu_seqlens
