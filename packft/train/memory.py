@@ -85,6 +85,14 @@ class ModelShape:
         attention = d * q + 2 * d * self.kv_width + q * d
         return attention + 3 * d * self.ffn + 2 * d
 
+    def lora_params(self, targets: list[str], r: int) -> int:
+        """Adapter parameters of LoRA rank ``r`` on the HF projections ``targets``: each
+        ``in x out`` projection gains ``r * (in + out)``, in every layer."""
+        d, q, kv, f = self.hidden, self.heads * self.head_dim, self.kv_width, self.ffn
+        shapes = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+                  "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}  # fmt: skip
+        return self.layers * sum(r * sum(shapes[name]) for name in targets)
+
     @property
     def params(self) -> int:
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
@@ -287,6 +295,11 @@ def run_plan(
     import os
 
     config, _ = model_config(cfg.model, cfg.load)
+    shape = ModelShape.from_hf_config(config)
+    if trainable_params is None and getattr(cfg, "lora_target_modules", None):
+        from packft.train.flags import resolve_targets
+
+        trainable_params = shape.lora_params(resolve_targets(cfg.lora_target_modules), cfg.lora_r)
     run = RunShape(
         micro_batch=cfg.micro_batch_size,
         seq_length=cfg.seq_length or dataset_seq_length(cfg.data_path),
@@ -300,7 +313,7 @@ def run_plan(
     )
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device_bytes, name = device_memory(device_type, local_world)
-    return plan(ModelShape.from_hf_config(config), run, device_bytes, name), run
+    return plan(shape, run, device_bytes, name), run
 
 
 def announce(

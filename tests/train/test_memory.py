@@ -77,6 +77,24 @@ def test_parameter_count_is_exact(tied):
     assert ModelShape.from_hf_config(cfg.to_dict()).params == model.num_parameters()
 
 
+@pytest.mark.parametrize(
+    "targets", [["linear_qkv"], ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]]
+)
+def test_lora_trainable_count_is_what_peft_trains(targets):
+    from packft.train.config import TrainConfig
+    from packft.train.flags import resolve_targets
+    from packft.train.lora import apply_lora
+
+    cfg = llama(1000, 48, 96, 3, 6, 2)
+    train_cfg = TrainConfig(
+        data_path="x", save="y", model="m", lora_target_modules=targets, lora_r=4
+    )
+    model = apply_lora(LlamaForCausalLM(cfg), train_cfg)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    counted = ModelShape.from_hf_config(cfg.to_dict()).lora_params(resolve_targets(targets), 4)
+    assert counted == trained > 0
+
+
 def test_llama2_7b_plan_and_refusal():
     shape = ModelShape.from_hf_config(LLAMA2_7B)
     assert shape.params == 6_738_415_616  # Llama-2-7B's published count
