@@ -8,13 +8,15 @@ fingerprint, input sha256, options, pad/eos ids) and the run's counts in a trail
 Modules: :mod:`~packft.tokenize.templates` (+ the data table
 :mod:`~packft.tokenize.template_table`) render a conversation into (source, target) pieces per
 turn; :mod:`~packft.tokenize.truncation` holds MindSpeed's and packft's marker-keeping cuts;
-:mod:`~packft.tokenize.encode` batches the Rust encode over worker processes;
+:mod:`~packft.tokenize.batch` turns one batch into ids and labels (one Rust encode call);
+:mod:`~packft.tokenize.encode` streams batches through it, in one process or several;
 :mod:`~packft.tokenize.shards` writes and reads the shard format;
 :mod:`~packft.tokenize.options` is the one definition of "same tokenize work" (the options, the
 tokenizer fingerprint and the shard key that the CLI's shard cache and the Prefect task share).
 """
 
-from packft.tokenize.encode import TokenizeStats, tokenize_file
+from packft.tokenize.batch import TokenizeStats
+from packft.tokenize.encode import tokenize_file
 from packft.tokenize.options import (
     SHARD_FORMAT,
     TokenizeOptions,

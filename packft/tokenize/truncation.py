@@ -201,7 +201,7 @@ def cut_keeping_markers(flags: Sequence[np.ndarray], cutoff: int) -> list[np.nda
     return masks
 
 
-# --- batch helpers for packft.tokenize.encode.encode_conversations ------------------------------
+# --- batch helpers for packft.tokenize.batch.encode_conversations -------------------------------
 
 
 def flags_over_budget(

@@ -23,7 +23,9 @@ from packft.ingest.rejects import InvalidRecord, RejectLog
 from packft.ingest.repairs import MERGE_SEPARATOR, parse_repairs
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.steps import _shard_key
-from packft.tokenize.encode import TokenizeOptions, encode_conversations, tokenize_file
+from packft.tokenize.batch import encode_conversations
+from packft.tokenize.encode import tokenize_file
+from packft.tokenize.options import TokenizeOptions
 from packft.tokenize.shards import ShardReader
 from packft.tokenize.templates import get_template, load_tokenizer
 

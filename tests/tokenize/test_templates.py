@@ -15,7 +15,8 @@ from functools import cache
 import pytest
 
 from packft.ingest.records import Conversation, Message
-from packft.tokenize.encode import TokenizeOptions, encode_conversations
+from packft.tokenize.batch import encode_conversations
+from packft.tokenize.options import TokenizeOptions
 from packft.tokenize.templates import (
     TEMPLATE_NAMES,
     TemplateError,

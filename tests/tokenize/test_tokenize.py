@@ -15,12 +15,9 @@ from hypothesis import strategies as st
 from packft.dataset.indexed import IndexedDataset, sft_prefix
 from packft.ingest.records import Conversation, Message
 from packft.ingest.rejects import InvalidRecordError
-from packft.tokenize.encode import (
-    TokenizeOptions,
-    encode_conversations,
-    tokenize_batches,
-    tokenize_file,
-)
+from packft.tokenize.batch import encode_conversations
+from packft.tokenize.encode import tokenize_batches, tokenize_file
+from packft.tokenize.options import TokenizeOptions
 from packft.tokenize.shards import ShardError, ShardReader, read_header, read_lengths, read_stats
 from packft.tokenize.templates import get_template, load_tokenizer
 from packft.tokenize.truncation import infer_seqlen

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from packft.ingest.records import Conversation, Message
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.steps import preprocess
-from packft.tokenize.encode import TokenizeOptions, encode_conversations
+from packft.tokenize.batch import encode_conversations
+from packft.tokenize.options import TokenizeOptions
 from packft.tokenize.shards import ShardReader
 from packft.tokenize.templates import get_template, load_tokenizer
 from packft.tokenize.truncation import cut_keeping_markers, prompt_marker_lost

@@ -13,7 +13,8 @@ import pytest
 from packft.cli import main
 from packft.ingest.records import Conversation, Message
 from packft.tokenize import TokenizeOptions
-from packft.tokenize.encode import _pipelined, encode_conversations
+from packft.tokenize.batch import encode_conversations
+from packft.tokenize.encode import _pipelined
 from packft.tokenize.templates import get_template, load_tokenizer
 from packft.tokenize.workers import available_cores, choose_workers
 
