@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from prefect.serializers import Serializer
 from pydantic import BaseModel, Field, ValidationError
 
-from packft.core.atomic import retire
+from packft.core.durable import retire
 
 log = logging.getLogger(__name__)
 

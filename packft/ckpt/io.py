@@ -40,9 +40,9 @@ from packft.ckpt.safe_pickle import (
     load_weights_only,
 )
 from packft.ckpt.torch_dist import METADATA, is_dist_checkpoint
-from packft.core.atomic import probe_writable
 from packft.core.errors import PackftError, describe_os_error
 from packft.core.faults import inject
+from packft.core.writers import probe_writable
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 MODEL_FILE = "model_optim_rng.pt"

@@ -2,9 +2,10 @@
 
 In: nothing. Out: the error types and one-line messages of the CLI (:mod:`~packft.core.errors`),
 crash-safe writes (:mod:`~packft.core.atomic`: temp file + fsync + rename, journaled multi-file
-stages), file digests (:mod:`~packft.core.digest`), fault-injection points for tests
-(:mod:`~packft.core.faults`), the pydantic <-> argparse/YAML bridge (:mod:`~packft.core.config`)
-and shared constants (:mod:`~packft.core.constants`).
+stages, built from :mod:`~packft.core.durable`, :mod:`~packft.core.writers` and
+:mod:`~packft.core.journal`), file digests (:mod:`~packft.core.digest`), fault-injection points
+for tests (:mod:`~packft.core.faults`), the pydantic <-> argparse/YAML bridge
+(:mod:`~packft.core.config`) and shared constants (:mod:`~packft.core.constants`).
 """
 
 import importlib
@@ -14,7 +15,7 @@ from typing import Any
 # do not pay for pydantic (packft.core.config) or the journaled writer: ~0.5 s of start-up.
 _LAZY = {
     "Stage": "atomic", "atomic_write_bytes": "atomic", "atomic_writer": "atomic",
-    "fsync_dir": "atomic", "sweep": "atomic",
+    "fsync_dir": "durable", "sweep": "writers",
     "add_model_arguments": "config", "load_config": "config", "model_from_args": "config",
     "read_yaml": "config",
     "IGNORE_INDEX": "constants",

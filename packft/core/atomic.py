@@ -5,9 +5,9 @@ commits them so that readers never see a mix of old and new files. Three rules m
 
 1. **Temporaries belong to a writer.** A stage takes a writer id ``<pid>-<8 hex>`` and holds an
    ``flock`` on ``.packft-<id>.lock`` (in the target directory) for its whole life; its files are
-   ``.<target name>.packft-<id>.tmp``. :func:`sweep` removes temporaries whose writer's lock is free
-   (the writer is dead: the kernel drops a dead process's locks), never those of a live writer,
-   and never those a pending journal still needs.
+   ``.<target name>.packft-<id>.tmp``. :func:`~packft.core.writers.sweep` removes temporaries
+   whose writer's lock is free (the writer is dead: the kernel drops a dead process's locks),
+   never those of a live writer, and never those a pending journal still needs.
 2. **The marker goes last.** With several files, one is the set's *marker* (a dataset's sidecar, a
    cache entry's seal). Its old version is removed before any other rename and the new one
    renamed last, so "marker present" means "every file it names is in place".
@@ -16,8 +16,8 @@ commits them so that readers never see a mix of old and new files. Three rules m
    several steps. The stage then first writes a journal (atomically, after every temporary is
    fsynced) listing the renames. Once it exists the commit is decided: any later packft process
    (writer or reader) that finds it takes the target's commit lock and rolls the commit forward
-   (:func:`roll_forward`; renames are idempotent), before reading or writing. Without a journal,
-   staged temporaries are garbage.
+   (:func:`~packft.core.journal.roll_forward`; renames are idempotent), before reading or
+   writing. Without a journal, staged temporaries are garbage.
 
 Worked example, dataset ``out/ds`` (data files ``B``, marker ``ds.packft.json``; ``*`` = new)::
 
@@ -35,6 +35,12 @@ Worked example, dataset ``out/ds`` (data files ``B``, marker ``ds.packft.json``;
 Readers take the commit lock shared while they open and check a set, writers exclusive for the
 commit only (milliseconds), so a commit never changes files under a reader that is opening them.
 
+The pieces live in their own modules: :mod:`~packft.core.durable` (fsync, rename or swap into
+place), :mod:`~packft.core.writers` (writer ids and locks, the commit lock, the sweep of dead
+writers' temporaries), :mod:`~packft.core.journal` (the journal's renames and their
+roll-forward). This module composes them into :class:`Stage` and its one-file and
+one-directory forms.
+
 Besides files, a stage holds **directories** (:meth:`Stage.make_dir`: a checkpoint, a converted
 model, a dataset version; sealed = every file in the tree fsynced), **symlinks**
 (:meth:`Stage.symlink`: a generation switch such as a store's ``latest``) and **adopted** files
@@ -45,8 +51,8 @@ name, is removed; where the file system cannot swap, the old tree is first renam
 ``.<name>.packft-old-<hex>`` that a crash leaves complete. :func:`atomic_dir` is a stage of one
 directory, :func:`atomic_writer` a stage of one file.
 
-This module is the only place in packft that renames into place or fsyncs
-(tests/core/test_atomic.py checks it on the source).
+This module, :mod:`~packft.core.durable` and :mod:`~packft.core.journal` are the only places
+in packft that rename into place or fsync (tests/core/test_atomic.py checks it on the source).
 
 Cost: an fsync per file and per directory; the lock files are empty.
 """
@@ -54,174 +60,18 @@ Cost: an fsync per file and per directory; the lock files are empty.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import fcntl
 import json
 import os
-import re
-import secrets
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from packft.core.digest import HashingWriter, file_record, fingerprint, named_os_error
-from packft.core.errors import IntegrityError
+from packft.core.digest import HashingWriter, file_record, named_os_error
+from packft.core.durable import fsync_file, fsync_tree, remove_tree
 from packft.core.faults import inject
-
-WRITER = r"(?P<writer>\d+-[0-9a-f]{8})"
-TEMP_RE = re.compile(rf"^\.(?P<target>.+)\.packft-{WRITER}\.tmp$")
-LOCK_RE = re.compile(rf"^\.packft-{WRITER}\.lock$")
-JOURNAL_SUFFIX = ".packft-journal"
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-# --- durability primitives ---------------------------------------------------------------------
-
-
-def fsync_file(target: int | IO | str | Path) -> None:
-    """Force a file's bytes to disk: an open fd or file object (flushed first), or a path."""
-    if isinstance(target, int):
-        os.fsync(target)
-    elif isinstance(target, str | os.PathLike):
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    else:
-        target.flush()
-        os.fsync(target.fileno())
-
-
-def fsync_dir(directory: str | Path) -> None:
-    """Persist a rename: the directory entry itself must reach the disk."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: str | Path) -> None:
-    """fsync every file and directory under ``root`` (deepest first), then ``root`` itself."""
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                fsync_file(path)
-        fsync_dir(dirpath)
-
-
-def retire(path: Path, hidden: Path) -> Path:
-    """Rename ``path`` to ``hidden`` (same directory) before deleting it, so a tree being deleted
-    is never visible half-deleted under its name; the caller removes ``hidden`` (after a crash it
-    finds it by its name)."""
-    os.replace(path, hidden)
-    return hidden
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a file, symlink or directory tree; a missing one is fine."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where
-    the kernel, the C library or the file system cannot."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
-
-
-def _install(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``. A directory over an existing directory is swapped in (see the
-    module doc) and the old tree removed once the swap is on disk."""
-    if not (tmp.is_dir() and not tmp.is_symlink() and final.is_dir() and not final.is_symlink()):
-        os.replace(tmp, final)
-        return
-    if _exchange(tmp, final):
-        fsync_dir(final.parent)
-        shutil.rmtree(tmp, ignore_errors=True)  # the old tree, now at the temporary name
-        return
-    old = retire(final, final.with_name(f".{final.name}.packft-old-{secrets.token_hex(4)}"))
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def temp_path(final: Path, writer: str) -> Path:
-    return final.with_name(f".{final.name}.packft-{writer}.tmp")
-
-
-def _writer_lock_path(directory: Path, writer: str) -> Path:
-    return directory / f".packft-{writer}.lock"
-
-
-def _take_writer_lock(directory: Path) -> tuple[int, str]:
-    """Create and lock ``.packft-<id>.lock``; retried if a sweeper removed it in between."""
-    while True:
-        writer = f"{os.getpid()}-{secrets.token_hex(4)}"
-        path = _writer_lock_path(directory, writer)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise named_os_error(error, directory) from None
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return fd, writer
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # a sweeper took the unlocked file for a dead writer's: start again
-
-
-@contextlib.contextmanager
-def commit_lock(path: Path, *, shared: bool = False, timeout: float = 60.0) -> Iterator[bool]:
-    """Hold the ``flock`` at ``path``: exclusive for a writer's commit (the file is created),
-    shared for a reader opening a set. A reader yields False when the file does not exist (no
-    packft writer has committed there, so there is nothing to wait for; readers never create
-    files). Waits up to ``timeout`` seconds for a concurrent holder."""
-    try:
-        fd = os.open(path, os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        if shared:
-            yield False
-            return
-        raise
-    except OSError as error:
-        raise named_os_error(error, path.parent) from None
-    try:
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise IntegrityError(
-                        f"{path} stayed locked for {timeout:.0f} s: another packft process is "
-                        "committing there; retry when it has finished"
-                    ) from None
-                time.sleep(0.02)
-        yield True
-    finally:
-        os.close(fd)
+from packft.core.journal import apply_commit, roll_forward
+from packft.core.writers import commit_lock, sweep, take_writer_lock, temp_path, writer_lock_path
 
 
 class Stage:
@@ -251,7 +101,7 @@ class Stage:
         self.label = label
         self.journal = journal
         self.lock = lock if lock is not None else journal
-        self._fd, self.writer = _take_writer_lock(self.directory)
+        self._fd, self.writer = take_writer_lock(self.directory)
         self._temps: dict[Path, Path] = {}  # final -> temporary, in staging order
         self._trees: set[Path] = set()  # finals staged as directories or symlinks
         self._open: dict[Path, HashingWriter] = {}
@@ -373,7 +223,7 @@ class Stage:
         ]
         inject(f"{self.label}.staged", self.directory)
         if self.journal is None:
-            _apply(self.directory, entries, marker is not None, self.label)
+            apply_commit(self.directory, entries, marker is not None, self.label)
         else:
             with commit_lock(self.lock, timeout=600.0):  # readers hold it while they check
                 if self.journal.exists():  # a dead writer's decided commit: finish it first
@@ -382,7 +232,7 @@ class Stage:
                 _write_journal(self.journal, record)
                 self._decided = True  # from here on a failure is finished by a roll-forward
                 inject(f"{self.label}.journal", self.journal)
-                _apply(self.directory, entries, marker is not None, self.label, self.journal)
+                apply_commit(self.directory, entries, marker is not None, self.label, self.journal)
         self._temps.clear()
         self._trees.clear()
 
@@ -401,7 +251,7 @@ class Stage:
     def close(self) -> None:
         """Release the writer lock (removing its file); call after commit or abort."""
         if self._fd >= 0:
-            _writer_lock_path(self.directory, self.writer).unlink(missing_ok=True)
+            writer_lock_path(self.directory, self.writer).unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = -1
 
@@ -422,142 +272,6 @@ def _write_journal(path: Path, record: dict[str, Any]) -> None:
     """The journal itself is a single-file atomic write (a torn journal is never read)."""
     with atomic_writer(path, "w") as out:
         json.dump(record, out)
-
-
-def _apply(
-    directory: Path,
-    entries: list[tuple[str, str, str]],
-    has_marker: bool,
-    label: str,
-    journal: Path | None = None,
-) -> None:
-    """Do (or finish) the renames of ``entries`` ``(temporary, final, fingerprint)``; idempotent:
-    an entry whose temporary is gone must already be at its final name (same fingerprint)."""
-    if has_marker and len(entries) > 1:
-        marker_tmp, marker_final, _ = entries[-1]
-        if not (directory / marker_tmp).exists() and not (directory / marker_final).exists():
-            raise IntegrityError(
-                f"cannot finish the commit in {directory}: its marker {marker_tmp} is gone and "
-                f"no {marker_final} was committed; write the dataset again"
-            )
-        if (directory / marker_tmp).exists():  # else the marker (last) was already renamed
-            (directory / marker_final).unlink(missing_ok=True)
-            inject(f"{label}.unmarked", directory / marker_final)
-            _rename_all(directory, entries[:-1], label)
-            fsync_dir(directory)
-            inject(f"{label}.marker", directory / marker_final)
-            os.replace(directory / marker_tmp, directory / marker_final)
-    else:
-        _rename_all(directory, entries, label)
-    fsync_dir(directory)
-    inject(f"{label}.committed", directory)
-    if journal is not None:
-        journal.unlink(missing_ok=True)
-        fsync_dir(directory)
-
-
-def _rename_all(directory: Path, entries: list[tuple[str, str, str]], label: str) -> None:
-    for tmp_name, final_name, expected in entries:
-        tmp, final = directory / tmp_name, directory / final_name
-        if tmp.is_symlink() or tmp.exists():
-            _install(tmp, final)
-        elif expected is None or not final.exists() or fingerprint(final) != expected:
-            raise IntegrityError(
-                f"cannot finish the commit in {directory}: {tmp_name} is gone and {final_name} "
-                "is not the file it recorded; write the dataset again"
-            )
-        inject(f"{label}.renamed", final)
-
-
-def roll_forward(journal: Path) -> bool:
-    """Finish the commit ``journal`` records (caller holds its commit lock); False if none."""
-    try:
-        record = json.loads(journal.read_text())
-    except FileNotFoundError:
-        return False
-    entries = [tuple(e) for e in record["files"]]
-    _apply(journal.parent, entries, bool(record.get("marker")), "rollforward", journal)
-    return True
-
-
-def _journaled_writers(directory: Path, names: list[str]) -> set[str]:
-    writers = set()
-    for name in names:
-        if name.endswith(JOURNAL_SUFFIX):
-            try:
-                writers.add(json.loads((directory / name).read_text())["writer"])
-            except (OSError, ValueError, KeyError):
-                continue
-    return writers
-
-
-def sweep(directory: str | Path) -> list[Path]:
-    """Remove the temporaries and lock files of dead writers in ``directory``; returns them.
-
-    A writer is dead when its lock file is missing or can be locked (see module doc). Writers
-    named by a pending journal are kept: :func:`roll_forward` needs their files.
-    """
-    directory = Path(directory)
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    temps: dict[str, list[str]] = {}
-    for name in names:
-        if match := TEMP_RE.match(name):
-            temps.setdefault(match["writer"], []).append(name)
-        elif match := LOCK_RE.match(name):
-            temps.setdefault(match["writer"], [])
-    removed: list[Path] = []
-    keep = _journaled_writers(directory, names)
-    for writer, files in temps.items():
-        if writer in keep:
-            continue
-        with _dead_writer(directory, writer) as dead:
-            if dead:
-                for name in files:
-                    if os.path.lexists(directory / name):
-                        remove_tree(directory / name)
-                        removed.append(directory / name)
-                lock = _writer_lock_path(directory, writer)
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                    removed.append(lock)
-    return removed
-
-
-@contextlib.contextmanager
-def _dead_writer(directory: Path, writer: str) -> Iterator[bool]:
-    """True (holding the writer's lock) when ``writer`` is dead; False when it is alive."""
-    path = _writer_lock_path(directory, writer)
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        yield True  # a writer creates its lock before any temporary and removes it after them
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-def probe_writable(directory: str | Path, what: str = "the output directory") -> None:
-    """Create and remove a writer lock in ``directory``: an unwritable one fails here, with one
-    ``OSError`` naming it, before any expensive work."""
-    directory = Path(directory)
-    try:
-        inject("probe.create", directory)
-        fd, writer = _take_writer_lock(directory)
-    except OSError as error:
-        reason = f"{error.strerror or error}; {what} must be writable"
-        raise OSError(error.errno, reason, os.fspath(directory)) from None
-    _writer_lock_path(directory, writer).unlink(missing_ok=True)
-    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -597,7 +311,7 @@ def atomic_dir(final: str | Path, *, replace: bool = False, label: str = "dir") 
         FileExistsError: ``final`` exists and ``replace`` is False.
 
     On an exception the temporary tree is removed and ``final`` is left untouched. Dead writers'
-    temporaries in the parent directory are removed first (:func:`sweep`).
+    temporaries in the parent directory are removed first (:func:`~packft.core.writers.sweep`).
     """
     final = Path(final).absolute()
     if not replace and os.path.lexists(final):

@@ -40,18 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from packft.core.atomic import (
-    JOURNAL_SUFFIX,
-    Stage,
-    atomic_write_bytes,
-    commit_lock,
-    probe_writable,
-    roll_forward,
-    sweep,
-)
+from packft.core.atomic import Stage, atomic_write_bytes
 from packft.core.constants import IGNORE_INDEX
 from packft.core.digest import file_record, file_sha256, fingerprint
 from packft.core.errors import IntegrityError, one_line
+from packft.core.journal import JOURNAL_SUFFIX, roll_forward
+from packft.core.writers import commit_lock, probe_writable, sweep
 from packft.dataset.indexed import SFT_KEYS, IndexedDataset, IndexedFormatError, sft_prefix
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ Guarantees (several processes may build and publish into one root at the same ti
 * A version is built in a staged directory (:meth:`packft.core.atomic.Stage.make_dir`) and
   committed (fsynced, renamed into place) only when complete (``VERSION.json`` written last), so
   ``versions/*`` holds only complete datasets. Pruned versions are renamed to ``.trash-*``
-  (:func:`packft.core.atomic.retire`) before being deleted, so a half-deleted one is never visible.
+  (:func:`packft.core.durable.retire`) before being deleted, so a half-deleted one is never visible.
 * Names sort by creation time: the UTC time in microseconds at allocation (under the lock), bumped
   to 1 us after the newest existing name if the clock did not advance or went back. Two versions
   never share a stamp, so the fingerprint never decides the order.
@@ -61,18 +61,11 @@ from typing import Any
 
 import numpy as np
 
-from packft.core.atomic import (
-    TEMP_RE,
-    Stage,
-    atomic_write_bytes,
-    atomic_writer,
-    fsync_dir,
-    remove_tree,
-    retire,
-    sweep,
-)
+from packft.core.atomic import Stage, atomic_write_bytes, atomic_writer
+from packft.core.durable import fsync_dir, remove_tree, retire
 from packft.core.errors import IntegrityError
 from packft.core.faults import inject
+from packft.core.writers import TEMP_RE, sweep
 from packft.dataset.publish_gate import PublishGate, PublishRefused
 from packft.dataset.store_lock import LEASE_PREFIX, Lease, lease_is_live, lease_path, store_lock
 

@@ -27,7 +27,7 @@ whenever the cached copy is reused. A body cut short *with* a known length is re
 
 Reuse is verified: a blob is returned from the cache only if its bytes still hash to its name
 (one read, ~1 GB/s); a corrupt blob is deleted with a warning and downloaded again. Each call
-first removes temporaries that dead processes left in the cache (:func:`packft.core.atomic.sweep`).
+first removes temporaries that dead processes left in the cache (:func:`packft.core.writers.sweep`).
 
 Cost: one streaming pass to download plus one read to hash (~1.5 GB/s sha256 on this machine).
 """
@@ -48,9 +48,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from packft.core.atomic import Stage, atomic_write_bytes, fsync_file, sweep
+from packft.core.atomic import Stage, atomic_write_bytes
 from packft.core.digest import file_sha256, named_os_error
+from packft.core.durable import fsync_file
 from packft.core.faults import inject
+from packft.core.writers import sweep
 
 log = logging.getLogger(__name__)
 

@@ -182,7 +182,7 @@ def tokenize_to_shard(
     checksum record is tokenized again (with a warning); ``overwrite`` always re-tokenizes.
     ``progress`` gets the number of records of each finished batch.
     """
-    from packft.core.atomic import sweep
+    from packft.core.writers import sweep
     from packft.dataset.integrity import check_seal, seal, unseal
     from packft.tokenize.encode import tokenize_file
     from packft.tokenize.options import shard_key
@@ -251,7 +251,7 @@ def plan_shards(
     (in memory, so the write step does not load it again). A cached plan that fails its
     checksum record is planned again; ``overwrite`` always plans again.
     """
-    from packft.core.atomic import sweep
+    from packft.core.writers import sweep
     from packft.dataset.integrity import check_seal, seal, unseal
     from packft.pack.options import plan_key, row_fill_counts
     from packft.pack.plan import PackPlan, lower_bound_rows

@@ -46,7 +46,8 @@ import torch
 import torch.distributed as dist
 
 from packft.ckpt.safe_pickle import load_weights_only
-from packft.core.atomic import Stage, atomic_dir, atomic_write_bytes, sweep
+from packft.core.atomic import Stage, atomic_dir, atomic_write_bytes
+from packft.core.writers import sweep
 from packft.train.lora import export_adapter, lora_enabled
 
 if TYPE_CHECKING:

@@ -145,7 +145,8 @@ def export_adapter(
 
     from safetensors.torch import save_file
 
-    from packft.core.atomic import Stage, sweep
+    from packft.core.atomic import Stage
+    from packft.core.writers import sweep
 
     config = lora_config(cfg)
     config.inference_mode = True  # as PeftModel.save_pretrained writes it

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from packft.core.atomic import LOCK_RE, TEMP_RE, sweep
+from packft.core.writers import LOCK_RE, TEMP_RE, sweep
 from packft.dataset.integrity import plan_path, sidecar_path
 from packft.dataset.rows import write_sft_dataset
 from packft.pack.plan import PackPlan, plan_packing, plan_unpacked

@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 
 from packft.cli import main
-from packft.core.atomic import JOURNAL_SUFFIX, LOCK_RE, TEMP_RE
 from packft.core.errors import IntegrityError
+from packft.core.journal import JOURNAL_SUFFIX
+from packft.core.writers import LOCK_RE, TEMP_RE
 from packft.dataset.integrity import open_verified
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.steps import plan, preprocess, tokenize_input, write
@@ -269,7 +270,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_sweep_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
-    from packft.core.atomic import Stage, sweep
+    from packft.core.atomic import Stage
+    from packft.core.writers import sweep
 
     subprocess.run([sys.executable, "-c", DEAD_WRITER, str(tmp_path)], env=_env(), check=False)
     dead = sorted(p.name for p in tmp_path.iterdir())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from packft.core.atomic import TEMP_RE
+from packft.core.writers import TEMP_RE
 from packft.dataset import store
 from tests.faults.store_worker import PAYLOAD_BYTES, payload
 
