@@ -11,8 +11,10 @@ Modules: :mod:`~packft.dataset.rows` builds the rows and writes the set through
 :mod:`~packft.dataset.integrity` (which also verifies a set before use);
 :mod:`~packft.dataset.stats` sums the counts for the sidecar and the CLI table;
 :mod:`~packft.dataset.inspect` is ``packft inspect``; :mod:`~packft.dataset.store` keeps
-versioned set directories with an atomic ``latest`` (cross-process lock:
-:mod:`~packft.dataset.store_lock`) behind :mod:`~packft.dataset.publish_gate`.
+versioned set directories with an atomic ``latest`` (names and layout:
+:mod:`~packft.dataset.store_layout`; history, pruning and cleanup:
+:mod:`~packft.dataset.store_retention`; cross-process lock: :mod:`~packft.dataset.store_lock`)
+behind :mod:`~packft.dataset.publish_gate`.
 """
 
 from packft.dataset.indexed import SFT_KEYS, IndexedDataset, open_sft_dataset, sft_prefix

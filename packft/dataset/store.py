@@ -1,15 +1,9 @@
 """Versioned dataset directories with an atomically swapped ``latest`` symlink, safe to share.
 
-Layout under an output root (``dirname(--output-prefix)``)::
-
-    root/versions/20261128-021500.123456-3f9c0a1b2d/   one complete dataset (UTC time + fingerprint)
-        <name>_packed_{input_ids,attention_mask,labels}_document.{bin,idx}
-        <name>.packft.json  <name>.packft.plan.npz  samples.u64.npy  VERSION.json
-    root/versions/.<version>.packft-<writer>.tmp   a build in progress (a staged directory)
-    root/versions/.lease-<version>   flock held by the process that owns that name
-    root/latest -> versions/20261128-021500.123456-3f9c0a1b2d
-    root/published.json              publish history: [{"version", "at", "forced"}, ...]
-    root/.store.lock                 the store lock (see packft.dataset.store_lock)
+A store is an output root (``dirname(--output-prefix)``) holding ``versions/`` and ``latest``
+(layout and naming: :mod:`~packft.dataset.store_layout`; publish history, pruning and cleanup:
+:mod:`~packft.dataset.store_retention`; the cross-process lock: :mod:`~packft.dataset.store_lock`).
+This module builds versions and publishes them.
 
 Guarantees (several processes may build and publish into one root at the same time):
 
@@ -17,24 +11,14 @@ Guarantees (several processes may build and publish into one root at the same ti
   prune, cleanup) happens under the cross-process store lock; datasets are written outside it.
 * A version is built in a staged directory (:meth:`packft.core.atomic.Stage.make_dir`) and
   committed (fsynced, renamed into place) only when complete (``VERSION.json`` written last), so
-  ``versions/*`` holds only complete datasets. Pruned versions are renamed to ``.trash-*``
-  (:func:`packft.core.durable.retire`) before being deleted, so a half-deleted one is never visible.
-* Names sort by creation time: the UTC time in microseconds at allocation (under the lock), bumped
-  to 1 us after the newest existing name if the clock did not advance or went back. Two versions
-  never share a stamp, so the fingerprint never decides the order.
+  ``versions/*`` holds only complete datasets.
 * ``latest`` moves by a staged relative symlink committed over the old one in one rename
-  (:meth:`packft.core.atomic.Stage.symlink`): a reader sees the old or the new dataset, never a mix. It is only ever
-  pointed at a complete version, checked under the lock, and prune (also under the lock) reads
-  ``latest`` itself, so it never deletes what ``latest`` names, whoever moved it last.
-* ``root/published.json`` lists every publish (version, UTC time, forced), written before the
-  swap. Prune keeps ``latest``, every version leased by a live writer, the ``keep_previous``
-  newest once-published versions (rollback targets) and the ``keep_previous`` newest
-  never-published ones (refused by the publish gate, or finished by a run killed before its
-  publish): garbage refused night after night can neither fill the disk nor push out the last
-  good versions. (A store without the file counts versions up to ``latest`` as published.)
-* A killed writer's staged build or link (and its lease, ``.trash-*``) is removed by the next
-  allocation or publish on the same root; a live writer's build is never touched (its stage's
-  writer lock and its lease are held).
+  (:meth:`packft.core.atomic.Stage.symlink`): a reader sees the old or the new dataset, never a
+  mix. It is only ever pointed at a complete version, checked under the lock, and prune (also
+  under the lock) reads ``latest`` itself, so it never deletes what ``latest`` names, whoever
+  moved it last.
+* :func:`publish` records the publish, then swaps ``latest``, then prunes (what is kept:
+  :mod:`~packft.dataset.store_retention`).
 * :func:`publish` can take a :class:`~packft.dataset.publish_gate.PublishGate`: the diff against the
   current ``latest`` is computed under the lock and a regression raises
   :class:`~packft.dataset.publish_gate.PublishRefused` with ``latest`` unchanged.
@@ -50,51 +34,51 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from packft.core.atomic import Stage, atomic_write_bytes, atomic_writer
-from packft.core.durable import fsync_dir, remove_tree, retire
-from packft.core.errors import IntegrityError
-from packft.core.faults import inject
-from packft.core.writers import TEMP_RE, sweep
+from packft.core.durable import remove_tree
 from packft.dataset.publish_gate import PublishGate, PublishRefused
-from packft.dataset.store_lock import LEASE_PREFIX, Lease, lease_is_live, lease_path, store_lock
+from packft.dataset.store_layout import (
+    MANIFEST,
+    SAMPLES,
+    VERSIONS,
+    list_versions,
+    next_stamp,
+    read_manifest,
+)
+from packft.dataset.store_lock import Lease, lease_path, store_lock
+from packft.dataset.store_retention import (
+    empty_trash,
+    prune,
+    record_publish,
+    remove_dead_leftovers,
+    sweep_stages,
+)
 
 LATEST = "latest"
-VERSIONS = "versions"
-MANIFEST = "VERSION.json"
-SAMPLES = "samples.u64.npy"
-LEGACY_TMP_PREFIX = ".tmp-"  # builds of packft versions before the staged directories
-TRASH_PREFIX = ".trash-"
-HISTORY = "published.json"
 
 __all__ = [
+    "LATEST",
     "PublishResult",
     "abandon_version",
     "current_version",
     "diff_versions",
     "find_version",
-    "list_versions",
+    "finalize_version",
     "new_version_dir",
+    "publish",
     "release_version",
     "sample_digests",
     "shard_sample_digests",
-    "finalize_version",
-    "publish",
-    "read_history",
 ]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 _leases: dict[str, Lease] = {}  # version path -> this process's lease on it
 _builds: dict[str, Stage] = {}  # version path -> the stage holding its build directory
 _leases_guard = threading.Lock()
@@ -104,60 +88,7 @@ def _short(fingerprint: str) -> str:
     return fingerprint[:10]
 
 
-# --- names ---------------------------------------------------------------------------------------
-
-
-def stamp_of(name: str) -> int | None:
-    """Creation time (UTC microseconds) encoded in a version name; also reads the old
-    second-resolution names (``20261128-021500-<fp>``). None for a foreign name."""
-    for width, pattern in ((22, "%Y%m%d-%H%M%S.%f"), (15, "%Y%m%d-%H%M%S")):
-        try:
-            moment = datetime.strptime(name[:width], pattern).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-        return (moment - _EPOCH) // _ONE_US
-    return None
-
-
-def _sort_key(name: str) -> tuple[int, str]:
-    stamp = stamp_of(name)
-    return (-1 if stamp is None else stamp, name)
-
-
-def _format_stamp(micros: int) -> str:
-    return (_EPOCH + micros * _ONE_US).strftime("%Y%m%d-%H%M%S.%f")
-
-
-def _next_stamp(base: Path) -> str:
-    """Now, or 1 us after the newest name in ``base`` (built, building or leased): strictly
-    increasing under the store lock even when the clock stalls or steps back."""
-    now = time.time_ns() // 1000
-    for entry in os.listdir(base):
-        if match := TEMP_RE.match(entry):
-            entry = match["target"]
-        for prefix in (LEGACY_TMP_PREFIX, LEASE_PREFIX, ""):
-            if entry.startswith(prefix):
-                stamp = stamp_of(entry[len(prefix) :])
-                if stamp is not None and stamp >= now:
-                    now = stamp + 1
-                break
-    return _format_stamp(now)
-
-
 # --- reading ------------------------------------------------------------------------------------
-
-
-def list_versions(root: Path) -> list[Path]:
-    """Complete versions, oldest first (by the creation time in their names)."""
-    base = Path(root) / VERSIONS
-    if not base.is_dir():
-        return []
-    done = [p for p in base.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()]
-    return sorted(done, key=lambda p: _sort_key(p.name))
-
-
-def read_manifest(version: Path) -> dict[str, Any]:
-    return json.loads((Path(version) / MANIFEST).read_text())
 
 
 def find_version(root: Path, fingerprint: str) -> Path | None:
@@ -197,11 +128,11 @@ def new_version_dir(root: Path, fingerprint: str) -> tuple[Path, Path]:
     root = Path(root)
     base = root / VERSIONS
     base.mkdir(parents=True, exist_ok=True)
-    _sweep_stages(root)
+    sweep_stages(root)
     trash: list[Path] = []
     with store_lock(root):
-        trash += _remove_dead_leftovers(root)
-        final = base / f"{_next_stamp(base)}-{_short(fingerprint)}"
+        trash += remove_dead_leftovers(root)
+        final = base / f"{next_stamp(base)}-{_short(fingerprint)}"
         lease = Lease(lease_path(base, final.name))
         try:
             stage = Stage(base, label="store.version")
@@ -212,7 +143,7 @@ def new_version_dir(root: Path, fingerprint: str) -> tuple[Path, Path]:
         with _leases_guard:
             _leases[_lease_key(final)] = lease
             _builds[_lease_key(final)] = stage
-    _empty_trash(trash)
+    empty_trash(trash)
     return tmp, final
 
 
@@ -267,83 +198,7 @@ def abandon_version(tmp: Path, final: Path) -> None:
     release_version(final)
 
 
-# --- cleanup (under the store lock) -------------------------------------------------------------
-
-
-def _to_trash(path: Path) -> Path:
-    """Rename ``path`` out of sight (atomic), to be deleted after the lock is released."""
-    trash = path.parent / f"{TRASH_PREFIX}{path.name.lstrip('.')}-{uuid.uuid4().hex[:8]}"
-    return retire(path, trash)
-
-
-def _empty_trash(paths: list[Path]) -> None:
-    for path in paths:
-        remove_tree(path)  # another run may be emptying the same trash
-
-
-def _sweep_stages(root: Path) -> None:
-    """Dead writers' staged builds and links (safe without the store lock: a stage's writer lock
-    says whether its writer lives)."""
-    sweep(root / VERSIONS)
-    sweep(root)
-
-
-def _remove_dead_leftovers(root: Path) -> list[Path]:
-    """Dead writers' leases, unfinished deletions, builds of older packft versions.
-
-    Returns the trash to delete once the lock is released (large builds take a while).
-    """
-    base = root / VERSIONS
-    trash: list[Path] = []
-    for entry in sorted(os.listdir(base)) if base.is_dir() else []:
-        path = base / entry
-        if entry.startswith(TRASH_PREFIX):
-            trash.append(path)
-        elif entry.startswith(LEGACY_TMP_PREFIX):
-            lease = lease_path(base, entry[len(LEGACY_TMP_PREFIX) :])
-            if not lease_is_live(lease):
-                trash.append(_to_trash(path))
-                lease.unlink(missing_ok=True)
-        elif entry.startswith(LEASE_PREFIX) and not lease_is_live(path):
-            path.unlink(missing_ok=True)  # its writer died after finishing the version
-    return trash
-
-
 # --- publishing ---------------------------------------------------------------------------------
-
-
-def read_history(root: Path) -> list[dict[str, Any]]:
-    """Every publish of this store, oldest first (``[]`` before the first one).
-
-    Raises:
-        IntegrityError: ``published.json`` is not what this module writes.
-    """
-    path = Path(root) / HISTORY
-    if not path.is_file():
-        return []
-    try:
-        entries = json.loads(path.read_text())["published"]
-        names = [str(e["version"]) for e in entries]
-    except (ValueError, KeyError, TypeError) as error:
-        raise IntegrityError(
-            f"{path} is not a packft publish history ({error}); restore it or delete it (then "
-            "versions up to latest count as published)"
-        ) from error
-    if len(names) != len(entries):
-        raise IntegrityError(f"{path}: malformed entries")
-    return entries
-
-
-def _record_publish(root: Path, name: str, forced: bool) -> None:
-    at = datetime.now(UTC).isoformat(timespec="microseconds")
-    entries = [*read_history(root), {"version": name, "at": at, "forced": forced}]
-    atomic_write_bytes(root / HISTORY, json.dumps({"published": entries}, indent=1).encode())
-
-
-def _published_names(root: Path, live: Path, versions: list[Path]) -> set[str]:
-    if (root / HISTORY).is_file():
-        return {e["version"] for e in read_history(root)}
-    return {v.name for v in versions if _sort_key(v.name) <= _sort_key(live.name)}  # older store
 
 
 @dataclass
@@ -376,7 +231,7 @@ def publish(
         root: output root holding ``versions/`` and ``latest``.
         version: a complete version directory under ``root/versions``.
         keep_previous: once-published versions kept besides the live one, and as many
-            never-published ones (see the module docstring).
+            never-published ones (see :mod:`~packft.dataset.store_retention`).
         gate: limits against the current ``latest``; None publishes unconditionally.
         force: publish even when the gate refuses (the verdict still says what it found).
         override: how the caller's user forces a publish, quoted in the refusal message.
@@ -390,13 +245,13 @@ def publish(
     if keep_previous < 0:
         raise ValueError(f"keep_previous must be >= 0, got {keep_previous}")
     trash: list[Path] = []
-    _sweep_stages(root)
+    sweep_stages(root)
     try:
         with store_lock(root):
-            trash += _remove_dead_leftovers(root)
+            trash += remove_dead_leftovers(root)
             result = _publish_locked(root, target, keep_previous, gate, force, override, trash)
     finally:
-        _empty_trash(trash)
+        empty_trash(trash)
     if isinstance(result, PublishRefused):
         raise result
     return result
@@ -428,10 +283,10 @@ def _publish_locked(
             outcome = PublishRefused(str(target), str(before) if before else None,
                                      result.diff, verdict, override)  # fmt: skip
         else:
-            _record_publish(root, target.name, forced=bool(verdict and not verdict.passed))
+            record_publish(root, target.name, forced=bool(verdict and not verdict.passed))
             _swap_latest(root, target.name)
     if outcome is result:
-        result.pruned, doomed = _prune(root, target, keep)
+        result.pruned, doomed = prune(root, target, keep)
         trash += doomed
     with _leases_guard:
         lease = _leases.pop(_lease_key(target), None)
@@ -446,27 +301,6 @@ def _swap_latest(root: Path, name: str) -> None:
     with Stage(root, label="store.publish") as stage:
         stage.symlink(root / LATEST, Path(VERSIONS) / name)
         stage.commit()
-
-
-def _prune(root: Path, live: Path, keep: int) -> tuple[list[str], list[Path]]:
-    """Move unprotected versions beyond ``keep`` once-published and ``keep`` never-published
-    ones (newest kept) to the trash."""
-    base = root / VERSIONS
-    versions = list_versions(root)
-    published = _published_names(root, live, versions)
-    free = [
-        v for v in versions if v.name != live.name and not lease_is_live(lease_path(base, v.name))
-    ]
-    earlier = [v for v in free if v.name in published]
-    never = [v for v in free if v.name not in published]
-    doomed = earlier[: max(0, len(earlier) - keep)] + never[: max(0, len(never) - keep)]
-    trash = []
-    for old in doomed:
-        trash.append(_to_trash(old))
-        inject("store.prune.trashed", trash[-1])
-    if doomed:
-        fsync_dir(base)
-    return [v.name for v in doomed], trash
 
 
 # --- samples and diffs ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from packft.core.writers import TEMP_RE
-from packft.dataset import store
+from packft.dataset import store, store_layout
 from tests.faults.store_worker import PAYLOAD_BYTES, payload
 
 WORKER = Path(__file__).with_name("store_worker.py")
@@ -119,7 +119,7 @@ def test_concurrent_writers_keep_latest_valid_and_names_ordered(tmp_path: Path) 
     # no version dir lost: each is on disk or was pruned exactly once by a publish
     created = {r["name"] for r in records}
     pruned = [name for r in records for name in r["pruned"]]
-    on_disk = {p.name for p in store.list_versions(root)}
+    on_disk = {p.name for p in store_layout.list_versions(root)}
     assert len(created) == len(records)  # unique names
     assert len(pruned) == len(set(pruned))
     assert on_disk | set(pruned) == created and not on_disk & set(pruned)
@@ -130,7 +130,7 @@ def test_concurrent_writers_keep_latest_valid_and_names_ordered(tmp_path: Path) 
         first, second = (a, b) if a["after"] < b["before"] else (b, a)
         if first["after"] < second["before"]:
             assert first["name"] < second["name"], (first, second)
-    assert [p.name for p in store.list_versions(root)] == sorted(on_disk)
+    assert [p.name for p in store_layout.list_versions(root)] == sorted(on_disk)
 
 
 def published(root: Path, keep: int = 2) -> Path:
@@ -168,7 +168,8 @@ def test_sigkill_at_each_store_step_leaves_latest_intact_and_next_run_cleans(
         after = published(root, keep=1)  # the next run on the same store
         assert latest_is_complete(root) == after
         assert leftovers(root) == [], point
-        assert first.name not in {p.name for p in store.list_versions(root)}  # pruned as asked
+        kept = {p.name for p in store_layout.list_versions(root)}
+        assert first.name not in kept  # pruned as asked
 
 
 def test_cleanup_never_touches_a_live_concurrent_build(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packft.dataset import store
+from packft.dataset import store, store_layout, store_retention
 from packft.dataset.publish_gate import PublishGate, PublishRefused
 from tasks.caching import FileRef, content_key, digest_json, tree_sha256
 
@@ -46,7 +46,7 @@ def test_publish_swaps_latest_and_prunes(tmp_path: Path) -> None:
     v3 = make_version(tmp_path, "c" * 64, [9], 0.5)
     third = store.publish(tmp_path, v3, keep_previous=1)
     assert third.pruned == [v1.name]
-    assert [p.name for p in store.list_versions(tmp_path)] == [v2.name, v3.name]
+    assert [p.name for p in store_layout.list_versions(tmp_path)] == [v2.name, v3.name]
     assert store.find_version(tmp_path, "b" * 64) == v2
     assert store.find_version(tmp_path, "a" * 64) is None
     assert not list(tmp_path.glob(".latest.tmp-*"))
@@ -55,7 +55,7 @@ def test_publish_swaps_latest_and_prunes(tmp_path: Path) -> None:
 def test_incomplete_versions_are_invisible(tmp_path: Path) -> None:
     tmp, _final = store.new_version_dir(tmp_path, "d" * 64)
     (tmp / "half.bin").write_bytes(b"partial")
-    assert store.list_versions(tmp_path) == []
+    assert store_layout.list_versions(tmp_path) == []
     with pytest.raises(ValueError, match="not a complete version"):
         store.publish(tmp_path, tmp, keep_previous=0)
     assert store.current_version(tmp_path) is None
@@ -94,12 +94,12 @@ def test_names_sort_by_allocation_even_when_the_clock_stalls_or_steps_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = iter([1_700_000_000 * 10**9, 1_700_000_000 * 10**9, 1_600_000_000 * 10**9])
-    monkeypatch.setattr(store.time, "time_ns", lambda: next(clock))
+    monkeypatch.setattr(store_layout.time, "time_ns", lambda: next(clock))
     names = [store.new_version_dir(tmp_path, fp * 64)[1].name for fp in "fea"]  # hash order: a<e<f
     assert names == sorted(names) and len(set(names)) == 3
     assert names[0] == "20231114-221320.000000-ffffffffff"
-    assert [store.stamp_of(n) - 1_700_000_000 * 10**6 for n in names] == [0, 1, 2]
-    assert store.stamp_of("20261128-021500-3f9c0a1b2d") is not None  # old names still sort
+    assert [store_layout.stamp_of(n) - 1_700_000_000 * 10**6 for n in names] == [0, 1, 2]
+    assert store_layout.stamp_of("20261128-021500-3f9c0a1b2d") is not None  # old names still sort
 
 
 def test_gate_refuses_removals_keeps_version_unpublished_and_force_publishes(
@@ -153,9 +153,9 @@ def test_prune_keeps_rollback_targets_and_refused_versions_on_each_side(tmp_path
     fixed = make_version(tmp_path, "d" * 64, [1, 2, 3, 4], 0.9)  # ...until a good one publishes
     result = store.publish(tmp_path, fixed, 1, gate=gate)
     kept = [olds[2].name, refused[-1].name, fixed.name]  # previous latest, newest refused, live
-    assert [p.name for p in store.list_versions(tmp_path)] == kept
+    assert [p.name for p in store_layout.list_versions(tmp_path)] == kept
     assert set(result.pruned) == {olds[1].name, refused[0].name, refused[1].name}
-    history = store.read_history(tmp_path)
+    history = store_retention.read_history(tmp_path)
     assert [e["version"] for e in history] == [*(v.name for v in olds), fixed.name]
 
     rollback = store.publish(tmp_path, olds[2], 1)  # no gate: an operator's explicit choice
