@@ -1,7 +1,7 @@
 """Retention of a dataset store: the publish history, pruning, and dead writers' leftovers.
 
-Guarantees (every function here that changes the namespace runs under the store lock, except
-:func:`sweep_stages` and :func:`empty_trash`, safe without it):
+Guarantees (:mod:`packft.dataset.store` calls every function here that changes the namespace
+under the store lock, except :func:`sweep_stages` and :func:`empty_trash`, safe without it):
 
 * ``root/published.json`` lists every publish (version, UTC time, forced), written before the
   ``latest`` swap (:func:`record_publish`). Prune keeps ``latest``, every version leased by a
