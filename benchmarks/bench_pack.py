@@ -21,19 +21,22 @@ and the bytes per sample planning added, against the goal (< 30 s, < 3 GiB).
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"  # see its MANIFEST.md
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the baseline is the tests' transcription of MindSpeed's packer
+
+from tests.helpers.mindspeed_reference import mindspeed_knapsack  # noqa: E402
+
+ASSETS = REPO / "tests" / "assets"  # see its MANIFEST.md
 SEQ_LENGTH = 4096
 
 
@@ -49,25 +52,6 @@ def alpaca_lengths() -> np.ndarray:
         texts.append(f"[INST] {user} [/INST] {r['output']}")
     enc = tok.encode_batch(texts, add_special_tokens=False)
     return np.array([len(e.ids) + 3 for e in enc], dtype=np.int32)  # <s>, </s>, eod
-
-
-def python_greedy_knapsack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """MindSpeed-LLM's algorithm in plain Python (from its documented behaviour)."""
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(lengths):
-        by_length[n].append(i)
-    numbers = sorted(lengths)
-    rows = []
-    while numbers:
-        row, free = [], capacity
-        while True:
-            at = bisect.bisect(numbers, free) - 1
-            if at < 0:
-                break
-            free -= numbers[at]
-            row.append(by_length[numbers.pop(at)].pop())
-        rows.append(row)
-    return rows
 
 
 def cold_plan_seconds(lengths_file: str, cache_dir: str | None) -> float:
@@ -230,7 +214,7 @@ def main() -> None:
         tokens = int(lengths.sum(dtype=np.int64))
         listed = lengths.tolist()
         t = time.perf_counter()
-        rows = python_greedy_knapsack(listed, capacity)
+        rows = mindspeed_knapsack(listed, capacity)
         seconds = time.perf_counter() - t
         t = time.perf_counter()
         ours = plan_packing(lengths, capacity, "knapsack")

@@ -1,6 +1,7 @@
 """Independent references the tests compare packft with: a Megatron ``.bin/.idx`` reader written
 from the format table (reference.md section 2), and straight transcriptions of MindSpeed-LLM's
-tokenization (``_make_pairs``, LLaMA-Factory's ``infer_seqlen``) and of its ``--pack`` writer."""
+tokenization (``_make_pairs``, LLaMA-Factory's ``infer_seqlen``), of its greedy knapsack packer
+and of its ``--pack`` writer (benchmarks/bench_pack.py times the same knapsack as its baseline)."""
 
 from __future__ import annotations
 
@@ -89,27 +90,40 @@ def mindspeed_tokenize(conv, template, tok, cutoff, append_eod, pair_cutoff=None
     return ids, labels
 
 
+def mindspeed_knapsack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """MindSpeed's packer as documented: sort ascending, each new row repeatedly takes the largest
+    remaining length that fits (bisect + pop); sample ids per length are taken LIFO."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(lengths):
+        by_length[n].append(i)
+    numbers = sorted(lengths)
+    rows = []
+    while numbers:
+        row, free = [], capacity
+        while True:
+            at = bisect.bisect(numbers, free) - 1
+            if at < 0:
+                break
+            free -= numbers[at]
+            row.append(by_length[numbers.pop(at)].pop())
+        rows.append(row)
+    return rows
+
+
 def mindspeed_pack_files(
     samples, seq: int, neat: bool, pad_id: int
 ) -> dict[str, tuple[bytes, bytes]]:
     """What MindSpeed's --pack writes: drop len >= seq (cut to seq-1 with neat), sort ascending,
     greedy knapsack into seq-1 taking the largest that fits, equal lengths LIFO, neat mask =
     1-based sample index, pads: ids pad_id, mask 0 (neat) / 1, labels -100; int32 rows."""
-    kept, by_len = [], defaultdict(list)
+    kept = []
     for ids, labels in samples:
         if len(ids) >= seq:
             if not neat:
                 continue
             ids, labels = ids[: seq - 1], labels[: seq - 1]
-        by_len[len(ids)].append(len(kept))
         kept.append((ids, labels))
-    numbers, rows = sorted(len(s[0]) for s in kept), []
-    while numbers:
-        row, free = [], seq - 1
-        while (at := bisect.bisect(numbers, free) - 1) >= 0:
-            free -= numbers[at]
-            row.append(by_len[numbers.pop(at)].pop())
-        rows.append(row)
+    rows = mindspeed_knapsack([len(ids) for ids, _ in kept], seq - 1)
     out = {k: [] for k in KEYS}
     for row in rows:
         ids = [t for i in row for t in kept[i][0]]

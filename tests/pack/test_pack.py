@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 
 import numpy as np
@@ -12,28 +11,10 @@ from hypothesis import strategies as st
 
 from packft.pack.kernels import _best_fit_decreasing
 from packft.pack.plan import ALGORITHMS, PackPlan, lower_bound_rows, plan_packing
+from tests.helpers.mindspeed_reference import mindspeed_knapsack
 
 # --- literal references, written from the algorithms' definitions ------------------------------
-
-
-def mindspeed_knapsack(lengths: list[int], capacity: int) -> list[list[int]]:
-    """MindSpeed's packer as documented: sort ascending, each new row repeatedly takes the largest
-    remaining length that fits (bisect + pop); sample ids per length are taken LIFO."""
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(lengths):
-        by_length[n].append(i)
-    numbers = sorted(lengths)
-    rows = []
-    while numbers:
-        row, free = [], capacity
-        while True:
-            at = bisect.bisect(numbers, free) - 1
-            if at < 0:
-                break
-            free -= numbers[at]
-            row.append(by_length[numbers.pop(at)].pop())
-        rows.append(row)
-    return rows
+# (MindSpeed's knapsack: tests/helpers/mindspeed_reference.py, shared with benchmarks/bench_pack.py)
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
