@@ -17,29 +17,25 @@ Every module imports torch, so the names below load on first use: ``import packf
 cheap.
 """
 
-import importlib
+from packft.core.lazy import lazy_getattr
 
 _LAZY = {
-    "hf_to_mcore": "packft.ckpt.convert",
-    "mcore_to_hf": "packft.ckpt.convert",
-    "save_hf_as_mcore": "packft.ckpt.convert",
-    "load_mcore_as_hf": "packft.ckpt.convert",
-    "ARCHS": "packft.ckpt.keys",
-    "ConvertError": "packft.ckpt.keys",
-    "ConvertUsageError": "packft.ckpt.keys",
-    "ModelSpec": "packft.ckpt.keys",
-    "iter_mcore_as_hf": "packft.ckpt.read",
-    "HFReader": "packft.ckpt.io",
-    "CorruptCheckpointError": "packft.ckpt.safe_pickle",
-    "UnsafeCheckpointError": "packft.ckpt.safe_pickle",
-    "load_weights_only": "packft.ckpt.safe_pickle",
-    "safe_dcp_load": "packft.ckpt.torch_dist",
+    "hf_to_mcore": "convert",
+    "mcore_to_hf": "convert",
+    "save_hf_as_mcore": "convert",
+    "load_mcore_as_hf": "convert",
+    "ARCHS": "keys",
+    "ConvertError": "keys",
+    "ConvertUsageError": "keys",
+    "ModelSpec": "keys",
+    "iter_mcore_as_hf": "read",
+    "HFReader": "io",
+    "CorruptCheckpointError": "safe_pickle",
+    "UnsafeCheckpointError": "safe_pickle",
+    "load_weights_only": "safe_pickle",
+    "safe_dcp_load": "torch_dist",
 }
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> object:
-    """Import the module that defines ``name`` (and torch) when the name is first used."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

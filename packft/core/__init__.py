@@ -8,8 +8,7 @@ for tests (:mod:`~packft.core.faults`), the pydantic <-> argparse/YAML bridge
 (:mod:`~packft.core.config`) and shared constants (:mod:`~packft.core.constants`).
 """
 
-import importlib
-from typing import Any
+from packft.core.lazy import lazy_getattr
 
 # Names are imported on first use (PEP 562), so `packft --help` and the error path of the CLI
 # do not pay for pydantic (packft.core.config) or the journaled writer: ~0.5 s of start-up.
@@ -26,12 +25,7 @@ _LAZY = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'packft.core' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"packft.core.{module}"), name)
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "IGNORE_INDEX",

@@ -15,8 +15,7 @@ match the name), :mod:`~packft.ingest.readers` / :mod:`~packft.ingest.json_text`
 :mod:`~packft.ingest.rejects`), :mod:`~packft.ingest.quality` (the gate).
 """
 
-import importlib
-from typing import Any
+from packft.core.lazy import lazy_getattr
 
 # Names are imported on first use (PEP 562): the CLI's argument parsing (packft.preprocess.config
 # needs only packft.ingest.limits) does not pay for the readers, pyarrow and the formats.
@@ -48,12 +47,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'packft.ingest' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"packft.ingest.{module}"), name)
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",

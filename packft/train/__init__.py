@@ -21,23 +21,18 @@ checkpoint, mindspeed <- loop <- engine <- cli.
 :class:`TrainConfig` is imported eagerly; the other names load torch, so they load on first use.
 """
 
-import importlib
-
+from packft.core.lazy import lazy_getattr
 from packft.train.config import TrainConfig
 
 _LAZY = {
-    "train": "packft.train.engine",
-    "check_engine": "packft.train.engine",
-    "SFTDataset": "packft.train.data",
-    "ShardedSampler": "packft.train.data",
-    "run_mindspeed": "packft.train.mindspeed",
-    "latest_checkpoint": "packft.train.checkpoint",
+    "train": "engine",
+    "check_engine": "engine",
+    "SFTDataset": "data",
+    "ShardedSampler": "data",
+    "run_mindspeed": "mindspeed",
+    "latest_checkpoint": "checkpoint",
 }
 __all__ = ["TrainConfig", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> object:
-    """Import the module that defines ``name`` (and torch) when the name is first used."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
