@@ -79,15 +79,16 @@ def sft_prefix(prefix: str | Path, key: str) -> str:
     return f"{prefix}_packed_{key}_document"
 
 
-def require_sft_files(prefix: str | Path) -> None:
-    """Raise one ``FileNotFoundError`` naming every missing file of the SFT set at ``prefix``,
-    what is there instead and how to write it (before a trainer creates anything)."""
+def require_sft_files(prefix: str | Path, flag: str = "--data-path") -> None:
+    """Raise one ``FileNotFoundError`` naming every missing file of the SFT set at ``prefix``
+    (given as ``flag``), what is there instead and how to write it (before a trainer creates
+    anything)."""
     wanted = [f"{sft_prefix(prefix, k)}.{ext}" for k in SFT_KEYS for ext in ("bin", "idx")]
     missing = [p for p in wanted if not Path(p).exists()]
     if missing:
         found = sorted(p.name for p in Path(prefix).parent.glob("*_packed_*_document.idx"))
         raise FileNotFoundError(
-            f"--data-path {prefix}: missing {', '.join(missing)}; found there: "
+            f"{flag} {prefix}: missing {', '.join(missing)}; found there: "
             f"{found or 'nothing'}. Write it with `packft preprocess ... --output-prefix PREFIX` "
             "and pass that PREFIX"
         )

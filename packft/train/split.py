@@ -89,21 +89,10 @@ def require_valid_data(cfg: TrainConfig) -> None:
     Raises:
         FileNotFoundError: one of its six files is missing.
     """
-    if not cfg.valid_data_path:
-        return
-    from pathlib import Path
+    if cfg.valid_data_path:
+        from packft.dataset.indexed import require_sft_files
 
-    from packft.dataset.indexed import SFT_KEYS, sft_prefix
-
-    prefix = cfg.valid_data_path
-    wanted = [f"{sft_prefix(prefix, k)}.{ext}" for k in SFT_KEYS for ext in ("bin", "idx")]
-    missing = [p for p in wanted if not Path(p).exists()]
-    if missing:
-        found = sorted(p.name for p in Path(prefix).parent.glob("*_packed_*_document.idx"))
-        raise FileNotFoundError(
-            f"--valid-data-path {prefix}: missing {', '.join(missing)}; found there: "
-            f"{found or 'nothing'}. Write it with `packft preprocess ... --output-prefix PREFIX`"
-        )
+        require_sft_files(cfg.valid_data_path, "--valid-data-path")
 
 
 def train_and_valid(cfg: TrainConfig, dataset: Any, open_dataset: Callable[[str], Any]) -> tuple:
