@@ -21,6 +21,12 @@ import json
 import os
 import tempfile
 import time
+from itertools import pairwise
+
+
+def step_seconds(marks: list[tuple[str, float]]) -> dict[str, float]:
+    """Seconds each step took, from ``(step just finished, perf_counter)`` marks."""
+    return {step: round(end - start, 3) for (_, start), (step, end) in pairwise(marks)}
 
 
 def main() -> None:
@@ -33,23 +39,16 @@ def main() -> None:
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="trl_bench_cache_", dir=os.path.dirname(args.output) or None)
     os.environ["HF_DATASETS_CACHE"] = cache
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[step] = round(now - clock, 3)
-        clock = now
+    marks = [("start", time.perf_counter())]  # (step just finished, when)
 
     from datasets import load_dataset
     from transformers import AutoTokenizer
     from trl import pack_dataset
 
-    lap("import")
+    marks.append(("import", time.perf_counter()))
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     ds = load_dataset("json", data_files=args.input, split="train", cache_dir=cache)
-    lap("load")
+    marks.append(("load", time.perf_counter()))
     bos, eos, limit = tok.bos_token_id, tok.eos_token_id, args.seq_length
 
     def encode(batch: dict) -> dict:
@@ -68,14 +67,14 @@ def main() -> None:
         return {"input_ids": input_ids, "labels": labels}
 
     ds = ds.map(encode, batched=True, remove_columns=ds.column_names, num_proc=args.num_proc)
-    lap("tokenize")
+    marks.append(("tokenize", time.perf_counter()))
     packed = pack_dataset(ds, args.seq_length, strategy="bfd")
-    lap("pack")
+    marks.append(("pack", time.perf_counter()))
     packed.save_to_disk(args.output)
-    lap("write")
+    marks.append(("write", time.perf_counter()))
     tokens = sum(len(x) for x in ds["input_ids"])
     print(json.dumps({"rows": len(packed), "samples": len(ds), "tokens": tokens,
-                      "step_seconds": seconds}))  # fmt: skip
+                      "step_seconds": step_seconds(marks)}))  # fmt: skip
 
 
 if __name__ == "__main__":
