@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 from array import array as typed_array
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -94,7 +95,7 @@ def require_sft_files(prefix: str | Path, flag: str = "--data-path") -> None:
         )
 
 
-class IndexedDatasetWriter:
+class IndexedDatasetWriter(AbstractContextManager["IndexedDatasetWriter"]):
     """Streams sequences into ``{prefix}.bin/.idx``; one ``add`` = one sequence = one document.
 
     Use as a context manager; ``finalize()`` writes the index and seals both files in ``stage``,
@@ -178,9 +179,6 @@ class IndexedDatasetWriter:
         """Drop the temporary files; the final names are untouched."""
         self._stage.discard(self._bin_final)
         self._stage.discard(self._idx_final)
-
-    def __enter__(self) -> IndexedDatasetWriter:
-        return self
 
     def __exit__(
         self,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -102,7 +103,7 @@ def _record(record: Any) -> Any:
     return record.text if isinstance(record, BadRow) else record
 
 
-class RejectLog:
+class RejectLog(AbstractContextManager["RejectLog"]):
     """Context manager collecting rejected records of one run (see the module docstring).
 
     Args:
@@ -121,9 +122,6 @@ class RejectLog:
         self.valid = 0
         self._handle: IO[str] | None = None
         self._stage: Stage | None = None
-
-    def __enter__(self) -> RejectLog:
-        return self
 
     def __exit__(
         self,
