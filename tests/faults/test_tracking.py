@@ -24,25 +24,11 @@ from pathlib import Path
 import pytest
 
 from packft.cli import main as cli_main
-from tests.helpers.orchestration import BIN, REPO, free_port, wait_http
+from tests.helpers.orchestration import REPO, start_mlflow_server, wait_http
+from tests.helpers.sft_setup import make_sft_setup
 
 WARNING = "packft: MLflow tracking at"
 STEPS = 8
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    log = home / "server.log"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-             "--artifacts-destination", str(home / "artifacts")],
-            cwd=home, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}", log
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -58,7 +44,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
     started = {}
     try:
         for name in ("doomed", "fresh"):
-            started[name] = start_server(tmp_path_factory.mktemp(f"mlflow-{name}"))
+            started[name] = start_mlflow_server(tmp_path_factory.mktemp(f"mlflow-{name}"))
         yield started
     finally:
         for proc, _, _ in started.values():
@@ -68,26 +54,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
 @pytest.fixture(scope="module")
 def trainable(tmp_path_factory, alpaca_en_path: Path, llama2_tokenizer_dir: Path) -> dict:
     """A neat-packed dataset of 16 Alpaca samples (seq 256) and a tiny random Llama."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from packft.preprocess.config import PreprocessConfig
-    from packft.preprocess.steps import preprocess
-
     root = tmp_path_factory.mktemp("trainable")
-    records = json.loads(alpaca_en_path.read_text())
-    short = [r for r in records if len(r["instruction"] + r["input"] + r["output"]) < 400][:16]
-    (root / "alpaca.json").write_text(json.dumps(short))
-    preprocess(PreprocessConfig(
-        input=str(root / "alpaca.json"), tokenizer_name_or_path=str(llama2_tokenizer_dir),
-        output_prefix=str(root / "packed"), prompt_type="llama2", append_eod=True, pack=True,
-        neat_pack=True, seq_length=256, cache_dir=str(root / "cache"),
-    ))  # fmt: skip
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "model")
+    make_sft_setup(root, llama2_tokenizer_dir, alpaca_en_path, samples=16, seq=256,
+                   initializer_range=0.02)  # fmt: skip
     return {"data": root / "packed", "model": root / "model", "tok": llama2_tokenizer_dir}
 
 

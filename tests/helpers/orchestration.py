@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import socket
 import subprocess
@@ -24,6 +25,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_mlflow_server(home: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start ``mlflow server`` on 127.0.0.1 in its own session (job execution off, one worker,
+    SQLite store and artifacts under ``home``) without waiting: ``(process, URI, log)``."""
+    port = free_port()
+    log = home / "server.log"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+             "--artifacts-destination", str(home / "artifacts")],
+            cwd=home, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}", log
 
 
 def wait_http(url: str, proc: subprocess.Popen | None, log: Path | None, timeout: float) -> None:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from tests.helpers.orchestration import BIN, free_port, stop_process, wait_http  # noqa: E402
+from tests.helpers.orchestration import start_mlflow_server, stop_process, wait_http  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -95,35 +94,9 @@ def mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
     Request it before ``prefect_api`` so the two ~20 s start-ups overlap.
     """
-    home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = home / "server.log"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{home / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(home / "artifacts"),
-            ],
-            cwd=home,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc, uri, log = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     try:
-        yield proc, f"http://127.0.0.1:{port}", log
+        yield proc, uri, log
     finally:
         stop_process(proc, grace=20)
         with contextlib.suppress(ProcessLookupError):  # its children share our new session
