@@ -22,6 +22,7 @@ import torch
 
 from packft.train import attention, collectives
 from packft.train.device import NpuChip, resolve_bf16
+from tests.helpers.sft_setup import make_sft_setup
 from tests.train.test_attention import emulate_npu_fusion_attention, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,25 +58,9 @@ def test_sum_over_ranks_keeps_counts_exact_and_sums_in_fp32():
 @pytest.fixture(scope="module")
 def train_setup(tmp_path_factory, llama2_tokenizer_dir, alpaca_en_path):
     """A neat-packed set of 8 real Alpaca samples and a tiny random Llama."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from packft.preprocess.config import PreprocessConfig
-    from packft.preprocess.steps import preprocess
-
     root = tmp_path_factory.mktemp("devices")
-    records = json.loads(alpaca_en_path.read_text())
-    short = [r for r in records if len(r["instruction"] + r["input"] + r["output"]) < 400][:8]
-    (root / "alpaca.json").write_text(json.dumps(short))
-    preprocess(PreprocessConfig(
-        input=str(root / "alpaca.json"), tokenizer_name_or_path=str(llama2_tokenizer_dir),
-        prompt_type="llama2", append_eod=True, cache_dir=str(root / "cache"),
-        output_prefix=str(root / "packed"), pack=True, neat_pack=True, seq_length=SEQ,
-    ))  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(
-        vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-    )).save_pretrained(root / "model")  # fmt: skip
+    make_sft_setup(root, llama2_tokenizer_dir, alpaca_en_path, samples=8, seq=SEQ,
+                   initializer_range=0.02)  # fmt: skip
     return root
 
 

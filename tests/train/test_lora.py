@@ -5,9 +5,7 @@ is bit-exact, FSDP2 + LoRA on 2 gloo ranks follows 1 rank. Tiny random Llamas on
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from packft.train.data import collate, loss_sum
 from packft.train.flags import TARGETS, resolve_targets
 from packft.train.loop import train
 from packft.train.lora import apply_lora
-from tests.helpers.sft_setup import make_sft_setup
+from tests.helpers.sft_setup import make_sft_setup, torchrun_train
 from tests.helpers.tiny_models import COMMON, LLAMA2, build_model, tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,17 +202,12 @@ def test_lora_resume_after_a_stop_gives_bit_identical_adapter_and_log(setup):
     assert strip[0] == strip[1] and [r["step"] for r in strip[0] if "valid_loss" in r] == [2, 4, 5]
 
 
+LORA_RUN = ["--lora-target-modules", *ALL_MINDSPEED, "--lora-r", "4", "--lora-alpha", "8",
+            "--split", "60,40,0", "--eval-interval", "2", "--eval-iters", "3"]  # fmt: skip
+
+
 def _torchrun(setup, nproc: int, save: str, extra: list[str]) -> subprocess.CompletedProcess:
-    root = setup["root"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "packft.cli", "train",
-           "--data-path", str(root / "packed"), "--model", str(root / "model"),
-           "--save", str(root / save), "--global-batch-size", "2", "--micro-batch-size", "1",
-           "--train-iters", "3", "--lr", "1e-3", "--no-tracking", "--device", "cpu",
-           "--lora-target-modules", *ALL_MINDSPEED, "--lora-r", "4", "--lora-alpha", "8",
-           "--split", "60,40,0", "--eval-interval", "2", "--eval-iters", "3", *extra]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    return torchrun_train(setup["root"], nproc, save, [*LORA_RUN, *extra])
 
 
 @pytest.mark.slow

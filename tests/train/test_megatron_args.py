@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from packft.cli import main as cli_main
 from packft.train.megatron_args import FLAGS
+from tests.helpers.sft_setup import make_sft_setup
 
 SEQ = 256
 # the tiny model of this test, in Megatron flag terms (the script's are Llama-2-7B's)
@@ -28,30 +27,18 @@ def script_args(assets_dir: Path) -> list[list[str]]:
 
 def flatten(groups: list[list[str]], root: Path, setup: dict) -> list[str]:
     paths = {"{CKPT_LOAD_DIR}": str(setup["mcore"]), "{TOKENIZER_MODEL}": str(setup["tok"]),
-             "{DATA_PATH}": str(root / "alpaca")}  # fmt: skip
+             "{DATA_PATH}": str(root / "packed")}  # fmt: skip
     return [paths.get(word, word) for group in groups for word in group]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, llama2_tokenizer_dir, alpaca_en_path):
     from packft.ckpt.convert import save_hf_as_mcore
-    from packft.preprocess.config import PreprocessConfig
-    from packft.preprocess.steps import preprocess
 
     root = tmp_path_factory.mktemp("megatron_args")
-    records = json.loads(alpaca_en_path.read_text())
-    short = [r for r in records if len(r["instruction"] + r["input"] + r["output"]) < 400][:12]
-    (root / "alpaca.json").write_text(json.dumps(short))
-    preprocess(PreprocessConfig(
-        input=str(root / "alpaca.json"), tokenizer_name_or_path=str(llama2_tokenizer_dir),
-        prompt_type="llama2", append_eod=True, cache_dir=str(root / "cache"),
-        output_prefix=str(root / "alpaca"), pack=True, neat_pack=True, seq_length=SEQ,
-    ))  # fmt: skip
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(root / "hf")
-    save_hf_as_mcore(root / "hf", root / "mcore")
+    make_sft_setup(root, llama2_tokenizer_dir, alpaca_en_path, samples=12, seq=SEQ,
+                   initializer_range=0.02)  # fmt: skip
+    save_hf_as_mcore(root / "model", root / "mcore")
     return {"root": root, "mcore": root / "mcore", "tok": llama2_tokenizer_dir}
 
 
@@ -115,7 +102,7 @@ def test_a_shape_mismatch_names_both_values(setup, assets_dir, capsys):
 
 def test_unsupported_values_and_unknown_flags_are_one_line_errors(setup, capsys):
     root = setup["root"]
-    base = ["train", "--data-path", str(root / "alpaca"), "--load", str(setup["mcore"]),
+    base = ["train", "--data-path", str(root / "packed"), "--load", str(setup["mcore"]),
             "--save", str(root / "y"), "--no-tracking"]  # fmt: skip
     assert cli_main([*base, "--lr-decay-style", "linear"]) == 2
     assert "--lr-decay-style linear is not supported: packft decays with cosine" in (

@@ -20,6 +20,7 @@ from packft.cli import main as cli_main
 from packft.dataset.indexed import open_sft_dataset
 from packft.train.config import TrainConfig
 from packft.train.loop import train
+from tests.helpers.sft_setup import torchrun_train
 
 REPO = Path(__file__).resolve().parents[2]
 SEQ = 256
@@ -198,23 +199,12 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(setup):
     assert losses(root / "k-full") == losses(root / "k-run")
 
 
-def _torchrun(setup, nproc: int, save: str, extra: list[str]) -> subprocess.CompletedProcess:
-    root = setup["root"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "packft.cli", "train", "--data-path", str(root / "packed"), "--model",
-           str(root / "model"), "--save", str(root / save), "--global-batch-size", "2",
-           "--micro-batch-size", "1", "--train-iters", "3", "--lr", "1e-3", "--no-tracking",
-           "--device", "cpu", *extra]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
 def test_two_gloo_ranks_follow_the_one_rank_loss_curve(setup, sharding):
     extra = ["--use-torch-fsdp2"] if sharding == "fsdp2" else []
-    one = _torchrun(setup, 1, f"r1-{sharding}", extra)
-    two = _torchrun(setup, 2, f"r2-{sharding}", extra)
+    one = torchrun_train(setup["root"], 1, f"r1-{sharding}", extra)
+    two = torchrun_train(setup["root"], 2, f"r2-{sharding}", extra)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads(two.stdout.strip().splitlines()[-1])
