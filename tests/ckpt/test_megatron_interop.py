@@ -329,10 +329,9 @@ def _megatron_training_save(model: torch.nn.Module, args: Any, directory: Path) 
         get_param_id_to_sharded_param_map,
         optim_state_to_sharding_state,
     )
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.rerun_state_machine import RerunStateMachine
 
-    from tests.helpers.megatron_ckpt import megatron_args, rng_state
+    from tests.helpers.megatron_ckpt import cosine_scheduler, megatron_args, rng_state
 
     model_sd = model.sharded_state_dict()
     params = list(model.parameters())
@@ -340,11 +339,7 @@ def _megatron_training_save(model: torch.nn.Module, args: Any, directory: Path) 
     for p in params:
         p.grad = torch.zeros_like(p)
     adam.step()
-    scheduler = OptimizerParamScheduler(
-        adam, init_lr=0.0, max_lr=1e-5, min_lr=1e-6, lr_warmup_steps=10, lr_decay_steps=1000,
-        lr_decay_style="cosine", start_wd=0.0, end_wd=0.0, wd_incr_steps=1000,
-        wd_incr_style="constant",
-    )  # fmt: skip
+    scheduler = cosine_scheduler(adam)
     optim_sd = adam.state_dict()
     step = optim_sd["state"][0]["step"]
     optim_state_to_sharding_state(

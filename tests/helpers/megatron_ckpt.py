@@ -78,10 +78,21 @@ def rng_state() -> list[dict[str, Any]]:
     ]
 
 
+def cosine_scheduler(optimizer: torch.optim.Optimizer) -> Any:
+    """megatron-core's ``OptimizerParamScheduler`` as a cosine run from lr 1e-5 to 1e-6 (10
+    warm-up, 1000 decay steps, no weight decay): the scheduler these checkpoints record."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=1e-5, min_lr=1e-6, lr_warmup_steps=10, lr_decay_steps=1000,
+        lr_decay_style="cosine", start_wd=0.0, end_wd=0.0, wd_incr_steps=1000,
+        wd_incr_style="constant",
+    )  # fmt: skip
+
+
 def optimizer_state(model: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``optimizer``, ``opt_param_scheduler``) of one rank: AdamW after a step, Megatron's param
     group keys, fp32 main copies carrying tensor-parallel attributes."""
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     params = [
         torch.nn.Parameter(t.detach().float().clone()) for t in model.values() if t is not None
@@ -92,11 +103,7 @@ def optimizer_state(model: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dic
     for p in params:
         p.grad = torch.ones_like(p)
     adam.step()
-    scheduler = OptimizerParamScheduler(
-        adam, init_lr=0.0, max_lr=1e-5, min_lr=1e-6, lr_warmup_steps=10, lr_decay_steps=1000,
-        lr_decay_style="cosine", start_wd=0.0, end_wd=0.0, wd_incr_steps=1000,
-        wd_incr_style="constant",
-    )  # fmt: skip
+    scheduler = cosine_scheduler(adam)
     scheduler.step(ITERATION)
     main_params = []
     for p in params:
