@@ -126,9 +126,9 @@ def test_default_tool_prompt_text():
     assert format_tools("not json") == ""  # MindSpeed silently drops malformed tool lists
 
 
-def test_qwen_tools_function_observation_pieces(qwen_tokenizer_dir):
-    tok = _tok(str(qwen_tokenizer_dir), "qwen")
-    c = Conversation(
+def tool_call_conversation() -> Conversation:
+    """A user question, the assistant's function call, its observation and the answer."""
+    return Conversation(
         [
             Message("user", "Time?"),
             Message("function", '{"name": "get_time", "arguments": {"tz": "UTC"}}'),
@@ -137,6 +137,11 @@ def test_qwen_tools_function_observation_pieces(qwen_tokenizer_dir):
         ],
         tools=TOOLS,
     )
+
+
+def test_qwen_tools_function_observation_pieces(qwen_tokenizer_dir):
+    tok = _tok(str(qwen_tokenizer_dir), "qwen")
+    c = tool_call_conversation()
     turns = get_template("qwen").render(c, tok)
     system = "<|im_start|>system\nYou are a helpful assistant." + TOOL_TEXT + "<|im_end|>\n"
     assert turns == [
@@ -216,15 +221,7 @@ def test_hf_template_matches_chat_template_tokens(qwen_tokenizer_dir):
 
 def test_hf_template_tool_calls(qwen_tokenizer_dir):
     tok = _tok(str(qwen_tokenizer_dir), "hf")
-    c = Conversation(
-        [
-            Message("user", "Time?"),
-            Message("function", '{"name": "get_time", "arguments": {"tz": "UTC"}}'),
-            Message("observation", '{"time": "12:00"}'),
-            Message("assistant", "Noon."),
-        ],
-        tools=TOOLS,
-    )
+    c = tool_call_conversation()
     ids, labels = encode(c, "hf", qwen_tokenizer_dir)
     trained = tok.decode([t for t in labels if t != X])
     call = '<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call><|im_end|>'
