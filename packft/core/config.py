@@ -16,7 +16,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from packft.core.errors import ConfigError
@@ -117,6 +116,8 @@ class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml  # only a --config file needs it (a command line alone does not pay for it)
+
     path = Path(path)
     if not path.exists():
         raise ConfigFileNotFoundError(f"config file {path} not found")

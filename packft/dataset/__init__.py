@@ -17,19 +17,41 @@ versioned set directories with an atomic ``latest`` (names and layout:
 behind :mod:`~packft.dataset.publish_gate`.
 """
 
-from packft.dataset.indexed import SFT_KEYS, IndexedDataset, open_sft_dataset, sft_prefix
-from packft.dataset.integrity import (
-    VerifiedDataset,
-    check_seal,
-    open_verified,
-    plan_path,
-    seal,
-    sidecar_path,
-    unseal,
-)
-from packft.dataset.publish_gate import GateVerdict, PublishGate, PublishRefused
-from packft.dataset.rows import RowStats, write_sft_dataset
-from packft.dataset.store import PublishResult, current_version, diff_versions, publish
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562): checking a set on
+# disk (packft.dataset.integrity, .stats) does not pay for the writer, the store and pyarrow.
+_LAZY = {
+    "SFT_KEYS": "indexed",
+    "IndexedDataset": "indexed",
+    "open_sft_dataset": "indexed",
+    "sft_prefix": "indexed",
+    "VerifiedDataset": "integrity",
+    "check_seal": "integrity",
+    "open_verified": "integrity",
+    "plan_path": "integrity",
+    "seal": "integrity",
+    "sidecar_path": "integrity",
+    "unseal": "integrity",
+    "GateVerdict": "publish_gate",
+    "PublishGate": "publish_gate",
+    "PublishRefused": "publish_gate",
+    "RowStats": "rows",
+    "write_sft_dataset": "rows",
+    "PublishResult": "store",
+    "current_version": "store",
+    "diff_versions": "store",
+    "publish": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'packft.dataset' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"packft.dataset.{module}"), name)
+
 
 __all__ = [
     "SFT_KEYS",

@@ -7,16 +7,18 @@ unchanged: ``--input --tokenizer-name-or-path --output-prefix --workers --log-in
 --neat-pack --append-eod --seq-length --map-keys``, plus ``--pack-algorithm --pack-seed --mix
 --overlong --dtype --on-invalid --repair --cache-dir --min-valid-fraction --max-record-bytes``).
 Out: the dataset set of :mod:`packft.dataset` at ``--output-prefix``, the rejects file, and a
-:class:`~packft.preprocess.steps.PreprocessResult` (files, stats, per-step seconds).
+:class:`~packft.preprocess.reuse.PreprocessResult` (files, stats, per-step seconds).
 
 Modules: :mod:`~packft.preprocess.config` (the options, checked at once),
-:mod:`~packft.preprocess.steps` (fetch, validate, tokenize, quality gate, plan, write: the
-functions the Prefect tasks wrap), :mod:`~packft.preprocess.results` (the typed result each step
+:mod:`~packft.preprocess.steps` (fetch, tokenize, quality gate, plan, write: the
+functions the Prefect tasks wrap), :mod:`~packft.preprocess.inputs` (validate an input, a shard's
+result), :mod:`~packft.preprocess.reuse` (a re-run whose set is on disk writes nothing), :mod:`~packft.preprocess.results` (the typed result each step
 hands to the next) and :mod:`~packft.preprocess.cli` (the command). What "the same work" is for
 each step is its options object, derived from the config by ``PreprocessConfig.*_options()``.
 """
 
 from packft.preprocess.config import PreprocessConfig
+from packft.preprocess.inputs import rejects_path_for, validate_input, validate_source
 from packft.preprocess.results import (
     DatasetStats,
     InputFile,
@@ -34,11 +36,8 @@ from packft.preprocess.steps import (
     plan,
     plan_shards,
     preprocess,
-    rejects_path_for,
     tokenize_input,
     tokenize_to_shard,
-    validate_input,
-    validate_source,
     write,
 )
 

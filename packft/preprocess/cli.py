@@ -1,5 +1,6 @@
 """``packft preprocess`` on the command line: flags from :class:`PreprocessConfig`, the job, a
-stats table and the rejects/timings lines on stderr."""
+stats table and the rejects/timings lines on stderr, then what was written (or that the output
+was already up to date, :mod:`packft.preprocess.reuse`)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
         f"rejects: {result.stats.get('rejected_total', 0)} record(s) in {rejects}", file=sys.stderr
     )
     print(f"timings: {json.dumps(result.stats['seconds'])}", file=sys.stderr)
-    print(
-        f"wrote {result.prefix}_packed_{{input_ids,attention_mask,labels}}_document.{{bin,idx}}",
-        file=sys.stderr,
-    )
+    if result.reused:
+        print(f"output up to date: {result.prefix} (dataset {(result.dataset_key or '')[:12]}), "
+              "nothing written", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"wrote {result.prefix}_packed_{{input_ids,attention_mask,labels}}_document"
+              ".{bin,idx}", file=sys.stderr)  # fmt: skip
     return 0

@@ -2,8 +2,8 @@
 
 1. :func:`fetch_inputs`   resolve ``--input`` (file, directory, URL, hf://) to local files,
    then :meth:`InputFile.pin <packft.preprocess.results.InputFile.pin>` hashes each one, the
-   only time its bytes are hashed (:func:`validate_source` optionally checks a file's records
-   without tokenizing).
+   only time its bytes are hashed (:func:`packft.preprocess.inputs.validate_source` optionally
+   checks a file's records without tokenizing).
 2. :func:`tokenize_to_shard` one input file -> one tokenized Arrow shard, cached under
    ``--cache-dir`` as ``shards/{shard_key[:40]}.arrow``
    (:func:`packft.tokenize.shard_key`: input sha256, tokenizer fingerprint, ``TokenizeOptions``).
@@ -22,13 +22,8 @@ work (both key it with the options' ``cache_key()``); each step returns a typed 
 The write step takes the pad id and vocabulary size from the shard headers; it loads the
 tokenizer only for shards written before the headers carried them.
 
-Measured (benchmarks/bench_preprocess.py, the seed's command, 100k Alpaca records, this 2-core
-box shared at load average 3-10, so each run is compared with a floor measured just before it:
-one batched Rust encode of the same texts): the shared file repeated, 44 s (--workers 1) and
-56 s (--workers 2) vs floors of 57 s and 61 s (the tokenizer encodes repeated strings once per
-batch); every record made distinct, 75 s and 52 s vs 48 s and 42 s (1.57x, 1.24x). Tokenizing
-is ~90% of it; plan ~1 s, write 1-3 s. Peak RSS over the process tree 0.77 GiB at 100k and
-0.76 GiB at 400k records (--workers 2), main process ~0.55 GiB.
+A re-run whose dataset is already on disk writes nothing (:mod:`packft.preprocess.reuse`).
+Measured speed and memory: the README's Benchmarks section (``benchmarks/bench_preprocess.py``).
 """
 
 from __future__ import annotations
@@ -37,45 +32,26 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packft import __version__
 from packft.preprocess.config import PreprocessConfig
-from packft.preprocess.results import (
-    InputFile,
-    PlanResult,
-    RecordCounts,
-    TokenizeResult,
-    TokenizerPin,
-    ValidationResult,
-)
+from packft.preprocess.inputs import rejects_path_for, shard_result
+from packft.preprocess.results import InputFile, PlanResult, TokenizeResult, TokenizerPin
+from packft.preprocess.reuse import KEY_CHARS, PreprocessResult
 from packft.tokenize.options import SHARD_FORMAT as _SHARD_FORMAT
 
 if TYPE_CHECKING:
-    from packft.ingest.options import ValidateOptions
     from packft.ingest.quality import GateResult
     from packft.pack.options import PackOptions
     from packft.pack.plan import PackPlan
     from packft.tokenize.options import TokenizeOptions
 
 log = logging.getLogger(__name__)
-KEY_CHARS = 40
-"""Hex characters of a shard or plan key in its file name (160 bits)."""
 SHARD_FORMAT = _SHARD_FORMAT
 """The shard format in every shard key made here (:data:`packft.tokenize.options.SHARD_FORMAT`)."""
-
-
-@dataclass
-class PreprocessResult:
-    """What a run produced."""
-
-    prefix: Path
-    files: list[Path]
-    stats: dict[str, Any]
-    shards: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 @functools.lru_cache(maxsize=2)
@@ -101,12 +77,6 @@ def _shard_key(path: Path, cfg: PreprocessConfig) -> str:
 # --- steps --------------------------------------------------------------------------------------
 
 
-def rejects_path_for(shard: Path) -> Path:
-    """Where :func:`tokenize_to_shard` keeps a shard's rejected records (cached with the shard);
-    :func:`write` concatenates them into ``{prefix}.rejects.jsonl``."""
-    return Path(shard).with_suffix(".rejects.jsonl")
-
-
 def fetch_inputs(cfg: PreprocessConfig, refresh: bool = False) -> list[Path]:
     """Local data files for ``--input`` (downloads land in ``--cache-dir``; ``refresh``
     downloads remote inputs again instead of reusing the cached copy)."""
@@ -115,54 +85,6 @@ def fetch_inputs(cfg: PreprocessConfig, refresh: bool = False) -> list[Path]:
     return resolve_input(
         cfg.input, cfg.cache_path / "downloads", sha256=cfg.input_sha256, refresh=refresh
     )
-
-
-def validate_source(
-    source: InputFile, options: ValidateOptions, rejects_path: Path
-) -> ValidationResult:
-    """Read and check every record of one input without tokenizing (a cheap pre-flight).
-
-    With ``on_invalid="fail"`` the first invalid record raises ``InvalidRecordError``. The
-    rejects file exists afterwards, empty when nothing was rejected.
-    """
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    summary = options.validate(source.path, rejects_path)
-    rejects_path.touch()
-    return ValidationResult(file=source.label, sha256=source.sha256,
-                            counts=RecordCounts(**summary.to_dict()), rejects=rejects_path)  # fmt: skip
-
-
-def validate_input(path: Path, cfg: PreprocessConfig, rejects_path: Path | None = None) -> Any:
-    """:func:`validate_source`'s check for one path and config; returns the
-    :class:`packft.ingest.rejects.ValidationSummary` (total, valid, rejected per reason)."""
-    rejects = rejects_path or Path(f"{cfg.prefix}.{Path(path).name}.rejects.jsonl")
-    return cfg.validate_options().validate(Path(path), rejects)
-
-
-def shard_result(source: InputFile, shard: Path, key: str, stats: dict[str, Any]) -> TokenizeResult:
-    """A shard's :class:`TokenizeResult` from its stats (in memory after tokenizing, or the
-    shard's stored stats when reused); a shard from before ``length_counts`` gives its stored
-    lengths instead."""
-    import numpy as np
-
-    from packft.tokenize.shards import read_lengths
-
-    found = stats.get("length_counts")
-    if found is None:
-        values, counts = np.unique(read_lengths(shard), return_counts=True)
-        found = dict(zip(values.tolist(), counts.tolist(), strict=True))
-    counts = RecordCounts(total=int(stats.get("samples_in", 0)), valid=int(stats.get("valid", 0)),
-                          rejected=dict(stats.get("rejected") or {}),
-                          repaired=dict(stats.get("repaired") or {}))  # fmt: skip
-    figures = ("truncated", "truncated_marker_lost", "dropped", "written", "tokens",
-               "supervised_tokens", "max_length")  # fmt: skip
-    return TokenizeResult(
-        file=source.label, sha256=source.sha256, shard=shard, shard_key=key,
-        rejects=rejects_path_for(shard), counts=counts,
-        **{k: int(stats.get(k) or 0) for k in figures},
-        length_counts={int(k): int(v) for k, v in found.items()},
-        lengths_before_cut="length_counts" in stats,
-    )  # fmt: skip
 
 
 def tokenize_to_shard(
@@ -303,13 +225,15 @@ def write(
     *,
     loaded_plan: PackPlan | None = None,
     tokenizer: TokenizerPin | None = None,
+    dataset_key: str | None = None,
 ) -> dict[str, Any]:
     """Build rows and write the datasets, plan and sidecar; returns the sidecar's stats.
 
     ``loaded_plan`` is the plan of ``plan_file`` when the caller holds it in memory (just
     planned or checked), else the file is checked against its seal and loaded here.
     ``inputs`` and ``tokenizer`` pinned by the caller are recorded as they are (paths are
-    hashed here).
+    hashed here). ``dataset_key`` (:func:`packft.preprocess.reuse.expected_key`) is recorded
+    so that a re-run can recognise the set (:mod:`packft.preprocess.reuse`).
     """
     import numpy as np
 
@@ -355,6 +279,8 @@ def write(
         "input_ids_dtype": np.dtype(ids_dtype).name,
         "shards": [p.name for p in shard_paths],
     }
+    if dataset_key is not None:
+        sidecar["dataset_key"] = dataset_key
     seq_length = options.seq_length or int(the_plan.lengths.max(initial=1)) + 1
     # One stage holds every file of the set: the rejects file, the six data files, the plan and
     # the sidecar are committed together (see packft.dataset.integrity).
@@ -384,18 +310,20 @@ def write(
 
 
 def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> PreprocessResult:
-    """The whole ``preprocess_data.py`` job: fetch -> tokenize -> quality gate -> plan -> write.
+    """The whole ``preprocess_data.py`` job: fetch -> tokenize -> quality gate -> plan -> write,
+    or fetch -> check when the set at ``--output-prefix`` is already this run's
+    (:mod:`packft.preprocess.reuse`; ``result.reused``, nothing written).
 
     Raises:
         packft.ingest.quality.QualityGateError: too few valid records (nothing is written).
 
     ``result.stats["seconds"]`` holds the wall time of each step.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from packft.dataset.indexed import SFT_KEYS, sft_prefix
-    from packft.dataset.integrity import prepare_output
+    from packft.dataset.integrity import journal_path, prepare_output
+    from packft.preprocess.reuse import reusable_output
 
+    pending = journal_path(cfg.prefix).exists()  # an unfinished commit: never reuse, write anew
     prepare_output(cfg.prefix)  # an unwritable output directory fails before any tokenizing
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -406,12 +334,37 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
         seconds[step] = round(now - clock, 3)
         clock = now
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
     inputs = [InputFile.pin(p) for p in fetch_inputs(cfg)]  # a bad --input fails before output
     tokenizer = TokenizerPin.pin(cfg.tokenizer_name_or_path)
-    options, store = cfg.tokenize_options(), cfg.cache_path
     lap("fetch")
+    files = [Path(f"{sft_prefix(cfg.prefix, k)}.{e}") for k in SFT_KEYS for e in ("bin", "idx")]
+    keys, recorded = reusable_output(cfg, inputs, tokenizer)
+    if recorded is not None and not (pending or cfg.overwrite_cache):
+        lap("check")
+        stats = {**recorded, "seconds": seconds}
+        return PreprocessResult(cfg.prefix, files, stats, [], sum(seconds.values()), reused=True,
+                                dataset_key=keys.dataset_key)  # fmt: skip
+    stats, paths = _tokenize_plan_write(cfg, inputs, tokenizer, show_progress, lap)
+    stats["seconds"] = seconds
+    return PreprocessResult(cfg.prefix, files, stats, paths, sum(seconds.values()),
+                            dataset_key=keys.dataset_key)  # fmt: skip
+
+
+def _tokenize_plan_write(
+    cfg: PreprocessConfig,
+    inputs: list[InputFile],
+    tokenizer: TokenizerPin,
+    show_progress: bool,
+    lap: Callable[[str], None],
+) -> tuple[dict[str, Any], list[Path]]:
+    """The tokenize, quality gate, plan and write steps of :func:`preprocess`, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from packft.dataset.options import dataset_key
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    options, store = cfg.tokenize_options(), cfg.cache_path
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
         shards = []
         for source in inputs:
@@ -429,8 +382,7 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
         lap("plan")
         task = bar.add_task("write rows", total=planned.rows)
         stats = write(cfg, paths, planned.plan, inputs, lambda n: bar.advance(task, n),
-                      loaded_plan=the_plan, tokenizer=tokenizer)  # fmt: skip
+                      loaded_plan=the_plan, tokenizer=tokenizer,
+                      dataset_key=dataset_key(planned.plan_key, cfg.write_options()))  # fmt: skip
         lap("write")
-    stats["seconds"] = seconds
-    files = [Path(f"{sft_prefix(cfg.prefix, k)}.{e}") for k in SFT_KEYS for e in ("bin", "idx")]
-    return PreprocessResult(cfg.prefix, files, stats, paths, sum(seconds.values()))
+    return stats, paths

@@ -15,23 +15,37 @@ turn; :mod:`~packft.tokenize.truncation` holds MindSpeed's and packft's marker-k
 tokenizer fingerprint and the shard key that the CLI's shard cache and the Prefect task share).
 """
 
-from packft.tokenize.batch import TokenizeStats
-from packft.tokenize.encode import tokenize_file
-from packft.tokenize.options import (
-    SHARD_FORMAT,
-    TokenizeOptions,
-    shard_key,
-    tokenizer_fingerprint,
-)
-from packft.tokenize.shards import (
-    ShardError,
-    ShardReader,
-    TokenShards,
-    read_lengths,
-    read_stats,
-    tokenizer_ids,
-)
-from packft.tokenize.templates import TEMPLATE_NAMES, ChatTemplate, get_template, load_tokenizer
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562): importing
+# packft.tokenize.options (the shard key of a cached re-run) does not pay for pyarrow and the encoder.
+_LAZY = {
+    "TokenizeStats": "batch",
+    "tokenize_file": "encode",
+    "SHARD_FORMAT": "options",
+    "TokenizeOptions": "options",
+    "shard_key": "options",
+    "tokenizer_fingerprint": "options",
+    "ShardError": "shards",
+    "ShardReader": "shards",
+    "TokenShards": "shards",
+    "read_lengths": "shards",
+    "read_stats": "shards",
+    "tokenizer_ids": "shards",
+    "TEMPLATE_NAMES": "templates",
+    "ChatTemplate": "templates",
+    "get_template": "templates",
+    "load_tokenizer": "templates",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'packft.tokenize' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"packft.tokenize.{module}"), name)
+
 
 __all__ = [
     "SHARD_FORMAT",

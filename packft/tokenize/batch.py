@@ -7,7 +7,9 @@ Algorithm, per batch of conversations (``--batch-size``, default 2048):
    as ``"\\n"`` or a default system block are encoded once) and token-id pieces.
 2. Encode all distinct strings in ONE call to the Rust backend
    (``encode_batch_fast(strings, add_special_tokens=False)``): the only per-token work in Python
-   is flattening the returned id lists (``np.fromiter`` over ``itertools.chain``).
+   is flattening the returned id lists (``np.fromiter`` over ``itertools.chain``). Strings an
+   earlier batch saw repeated come from the run's :class:`~packft.tokenize.string_cache.StringCache`
+   instead (same ids).
 3. Assemble with numpy: each piece occurrence is a (start, length) into the flat piece table;
    MindSpeed's truncation becomes a per-occurrence length clip; one ``np.repeat`` gather builds
    the batch's ids and a repeated trained-flag builds labels (-100 on source tokens).
@@ -46,7 +48,6 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict, dataclass, field
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ from packft.core.constants import IGNORE_INDEX
 from packft.ingest.records import Conversation
 from packft.tokenize.options import TokenizeOptions
 from packft.tokenize.shards import record_batch
+from packft.tokenize.string_cache import StringCache, encode_strings
 from packft.tokenize.templates import ChatTemplate, Template
 from packft.tokenize.truncation import (
     check_flags,
@@ -121,15 +123,6 @@ class TokenizeStats:
 # --- batch encoding ----------------------------------------------------------------------------
 
 
-def _encode_strings(tokenizer: Any, strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Flat ids and per-string lengths of ``strings``, in one backend call."""
-    encodings = tokenizer._tokenizer.encode_batch_fast(strings, add_special_tokens=False)
-    lists = [e.ids for e in encodings]
-    lens = np.fromiter(map(len, lists), np.int64, len(lists))
-    flat = np.fromiter(chain.from_iterable(lists), np.int32, int(lens.sum()))
-    return flat, lens
-
-
 @dataclass
 class RenderedBatch:
     """A batch rendered into its distinct pieces (the Python half of the encode, before Rust)."""
@@ -174,11 +167,17 @@ def render_batch(
     return out
 
 
-def encode_rendered(tokenizer: Any, rendered: RenderedBatch) -> tuple[np.ndarray, np.ndarray]:
-    """Step 2: the batch's distinct strings through the Rust backend (releases the GIL)."""
+def encode_rendered(
+    tokenizer: Any, rendered: RenderedBatch, cache: StringCache | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: the batch's distinct strings through the Rust backend (releases the GIL); with a
+    ``cache`` (:mod:`packft.tokenize.string_cache`) the strings of earlier batches it kept are
+    not encoded again (same ids)."""
     if not rendered.strings:
         return np.zeros(0, np.int32), np.zeros(0, np.int64)
-    return _encode_strings(tokenizer, rendered.strings)
+    if cache is None:
+        return encode_strings(tokenizer, rendered.strings)
+    return cache.encode(tokenizer, rendered.strings)
 
 
 def encode_conversations(
@@ -186,10 +185,11 @@ def encode_conversations(
     template: Template | ChatTemplate,
     tokenizer: Any,
     options: TokenizeOptions,
+    cache: StringCache | None = None,
 ) -> EncodedBatch:
     """Render, encode (one backend call) and assemble a batch; see the module docstring."""
     rendered = render_batch(convs, template, tokenizer)
-    encoded = encode_rendered(tokenizer, rendered)
+    encoded = encode_rendered(tokenizer, rendered, cache)
     return assemble_batch(convs, template, tokenizer, options, rendered, encoded)
 
 

@@ -56,13 +56,14 @@ from packft.tokenize.batch import (
 )
 from packft.tokenize.options import TokenizeOptions, tokenizer_fingerprint
 from packft.tokenize.shards import write_shard as write_shard_file
+from packft.tokenize.string_cache import StringCache, max_bytes_from_env
 from packft.tokenize.templates import ChatTemplate, Template, get_template, load_tokenizer
 from packft.tokenize.workers import choose_workers
 
 log = logging.getLogger(__name__)
 # --- running: in-process or an ordered window over spawn workers --------------------------------
 
-_WORKER: tuple[Template | ChatTemplate, Any, TokenizeOptions] | None = None
+_WORKER: tuple[Template | ChatTemplate, Any, TokenizeOptions, StringCache] | None = None
 
 
 @dataclass
@@ -104,14 +105,14 @@ def _init_worker(
         tokenizer = BackendTokenizer.from_spec(spec)
     else:  # hf templates need transformers' apply_chat_template
         tokenizer = load_tokenizer(tokenizer_path, template_name)
-    _WORKER = (template, tokenizer, options)
+    _WORKER = (template, tokenizer, options, StringCache(max_bytes_from_env()))
 
 
 def _encode_in_worker(convs: list[Conversation]) -> EncodedBatch:
     if _WORKER is None:  # pragma: no cover - the pool initializer always runs first
         raise RuntimeError("tokenize worker used before its initializer ran")
-    template, tokenizer, options = _WORKER
-    return encode_conversations(convs, template, tokenizer, options)
+    template, tokenizer, options, cache = _WORKER
+    return encode_conversations(convs, template, tokenizer, options, cache)
 
 
 def tokenize_batches(
@@ -179,11 +180,14 @@ def _pipelined(
     from concurrent.futures import ThreadPoolExecutor
 
     pending: deque[tuple[list[Conversation], RenderedBatch, Future]] = deque()
+    cache = StringCache(max_bytes_from_env())  # used by the encode thread only
     with ThreadPoolExecutor(1, thread_name_prefix="packft-encode") as rust:
         try:
             for convs in batches:
                 rendered = render_batch(convs, template, tokenizer)
-                pending.append((convs, rendered, rust.submit(encode_rendered, tokenizer, rendered)))
+                pending.append(
+                    (convs, rendered, rust.submit(encode_rendered, tokenizer, rendered, cache))
+                )
                 if len(pending) >= 2:
                     convs, rendered, future = pending.popleft()
                     yield assemble_batch(
@@ -195,6 +199,8 @@ def _pipelined(
         finally:
             for *_, future in pending:
                 future.cancel()
+            log.info("string cache: %d hits, %d misses, %d strings kept (%.1f MiB)", cache.hits,
+                     cache.misses, len(cache.ids), cache.bytes / (1 << 20))  # fmt: skip
 
 
 def shard_header(stats: TokenizeStats, tokenizer: Any) -> dict[str, Any]:

@@ -22,8 +22,10 @@ whose value buffer is ``1 5 6 2 1 7 2`` (int32); :class:`TokenShards` finds that
 offset ``b`` once, so sample 1's ids are the 12 bytes at ``b + 4*4``.
 
 Reading: :class:`TokenShards` opens any number of shards, maps each just long enough to read the
-schema, the list offsets and ``source_row`` (32 bytes per sample are kept: length, two file
-offsets, row, shard), then unmaps it. Token data is fetched per sample with ``os.pread`` at those
+schema and the list offsets, then unmaps it. 12 bytes per sample are kept (int32 length, int32
+start in its batch's value buffer: Arrow's own list offsets, int32 batch index); the file
+offsets of each batch's two value buffers and its shard are kept once per batch, and
+``source_row`` is read again only when asked for (the planner and the writer never are). Token data is fetched per sample with ``os.pread`` at those
 offsets. Why not keep the map: pages of a mapped file that are touched count toward the
 process's RSS until unmapped, so a writer that gathers every sample of a multi-GiB dataset
 through a map grows to the dataset's size; with ``pread`` the kernel's page cache holds the
@@ -40,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,11 @@ SCHEMA = pa.schema(
 
 class ShardError(ValueError):
     """A file that is not a complete packft tokenize shard."""
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    """int32 concatenation (an empty int32 array for none)."""
+    return np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -139,8 +147,17 @@ def _view(array: pa.Array, dtype: type[np.generic]) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * size)
 
 
-def _scan(path: Path, shard: int) -> tuple[dict, dict, list[tuple[np.ndarray, ...]]]:
-    """Header, stats and per-batch (lengths, ids file offsets, labels file offsets, rows)."""
+@dataclass(frozen=True)
+class _Batch:
+    """Where one data batch's token values start in its shard file (byte offsets)."""
+
+    shard: int
+    ids_at: int
+    labels_at: int
+
+
+def _scan(path: Path, shard: int) -> tuple[dict, dict, list[tuple[_Batch, np.ndarray]]]:
+    """Header, stats and per data batch: its file offsets and its list offsets (int32, n + 1)."""
     source, reader, header, stats = _open(path)
     try:
         base = source.read_buffer()  # the whole map; only addresses are taken from it
@@ -155,17 +172,27 @@ def _scan(path: Path, shard: int) -> tuple[dict, dict, list[tuple[np.ndarray, ..
                 at = col.values.buffers()[1].address - base.address + 4 * col.values.offset
                 if not 0 <= at <= base.size:
                     raise ShardError(f"{path}: compressed Arrow IPC is not supported")
-                found.append((at, _view(col.offsets, np.int32).astype(np.int64)))
+                found.append((at, _view(col.offsets, np.int32)))
             (ids_at, offsets), (labels_at, label_offsets) = found
             if not np.array_equal(offsets, label_offsets):
                 raise ShardError(f"{path}: input_ids and labels lengths differ in batch {b}")
-            starts = offsets[:-1] * 4
-            rows = _view(batch.column("source_row"), np.int64).copy()  # copy: the map goes
-            parts.append((np.diff(offsets).astype(np.int32), ids_at + starts, labels_at + starts,
-                          rows, np.full(len(rows), shard, np.int32)))  # fmt: skip
+            parts.append((_Batch(shard, ids_at, labels_at), offsets.copy()))  # copy: the map goes
         return header, stats, parts
     finally:
         source.close()
+
+
+def _source_rows(path: Path) -> np.ndarray:
+    """int64 input row of every sample of one shard (read on request, not kept)."""
+    source, reader, _, _ = _open(path)
+    try:
+        rows = [
+            _view(reader.get_batch(b).column("source_row"), np.int64).copy()
+            for b in range(reader.num_record_batches - 1)
+        ]
+    finally:
+        source.close()
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
 class TokenShards:
@@ -181,7 +208,7 @@ class TokenShards:
         self.headers: list[dict[str, Any]] = []
         self.shard_stats: list[dict[str, Any]] = []
         self._fds: list[int] = []
-        parts: list[tuple[np.ndarray, ...]] = []
+        parts: list[tuple[_Batch, np.ndarray]] = []
         try:
             for s, path in enumerate(self.paths):
                 header, stats, found = _scan(path, s)
@@ -192,17 +219,14 @@ class TokenShards:
         except BaseException:
             self.close()
             raise
-        empty = (np.int32, np.int64, np.int64, np.int64, np.int32)
-        cols = [
-            np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, t)
-            for k, t in enumerate(empty)
-        ]
-        self.lengths: np.ndarray = cols[0]
+        self._batches = [batch for batch, _ in parts]
+        sizes = np.array([len(offsets) - 1 for _, offsets in parts], np.int64)
+        if len(parts) > np.iinfo(np.int32).max:
+            raise ShardError(f"{len(parts)} record batches: more than an int32 batch index holds")
+        self.lengths: np.ndarray = _concat([np.diff(o) for _, o in parts])
         """int32 tokens per sample."""
-        self._ids_at, self._labels_at = cols[1], cols[2]
-        self.source_rows: np.ndarray = cols[3]
-        """int64 row of each sample in its input file."""
-        self._shard = cols[4]
+        self._start = _concat([o[:-1] for _, o in parts])  # int32: Arrow's list offsets
+        self._batch = np.repeat(np.arange(len(parts), dtype=np.int32), sizes)
 
     @property
     def num_samples(self) -> int:
@@ -216,16 +240,25 @@ class TokenShards:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, labels) of sample ``i``, tokens ``start:start+count``, as int32 arrays."""
         n = int(self.lengths[i]) - start if count is None else int(count)
-        fd = self._fds[self._shard[i]]
-        ids = np.frombuffer(os.pread(fd, 4 * n, int(self._ids_at[i]) + 4 * start), np.int32)
-        labels = np.frombuffer(os.pread(fd, 4 * n, int(self._labels_at[i]) + 4 * start), np.int32)
+        batch = self._batches[self._batch[i]]
+        first = 4 * (int(self._start[i]) + start)
+        fd = self._fds[batch.shard]
+        ids = np.frombuffer(os.pread(fd, 4 * n, batch.ids_at + first), np.int32)
+        labels = np.frombuffer(os.pread(fd, 4 * n, batch.labels_at + first), np.int32)
         if len(ids) != n or len(labels) != n:
-            raise ShardError(f"short read of sample {i} in {self.paths[self._shard[i]]}")
+            raise ShardError(f"short read of sample {i} in {self.paths[batch.shard]}")
         return ids, labels
+
+    @property
+    def source_rows(self) -> np.ndarray:
+        """int64 row of each sample in its input file (read from the shards on each access:
+        the planner and the writer do not need it, so it is not held per sample)."""
+        rows = [_source_rows(path) for path in self.paths]
+        return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
     def path_of(self, i: int) -> Path:
         """The shard file sample ``i`` comes from."""
-        return self.paths[int(self._shard[i])]
+        return self.paths[self._batches[self._batch[i]].shard]
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, labels) of sample ``i`` (read-only int32 arrays)."""

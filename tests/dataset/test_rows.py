@@ -93,6 +93,16 @@ def test_token_shards_read_back_exactly(shards) -> None:
     one.close()
 
 
+def test_token_shards_keep_twelve_bytes_per_sample(shards) -> None:
+    """Length, start in its batch and batch index (int32 each); file offsets per batch only."""
+    reader, samples = shards
+    per_sample = [v for v in vars(reader).values()
+                  if isinstance(v, np.ndarray) and len(v) == reader.num_samples]  # fmt: skip
+    assert sum(a.nbytes for a in per_sample) == 12 * len(samples)
+    assert all(a.dtype == np.int32 for a in per_sample)
+    assert [reader.path_of(i).name for i in (0, 39, 40, 90)] == ["a.arrow"] * 2 + ["b.arrow"] * 2
+
+
 def test_unfinished_foreign_and_failed_shards(tmp_path: Path) -> None:
     # header but no trailing stats batch: what a killed writer without the rename would leave
     half = tmp_path / "half.arrow"

@@ -15,7 +15,8 @@ import pytest
 from packft.cli import main
 from packft.pack.plan import PackPlan
 from packft.preprocess.config import PreprocessConfig
-from packft.preprocess.steps import fetch_inputs, plan, preprocess, tokenize_input, validate_input
+from packft.preprocess.inputs import validate_input
+from packft.preprocess.steps import fetch_inputs, plan, preprocess, tokenize_input
 from packft.tokenize.shards import ShardReader
 from tests.helpers.mindspeed_reference import mindspeed_pack_files, mindspeed_tokenize, read_sft
 
