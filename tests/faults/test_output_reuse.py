@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from packft.cli import main
-from packft.core.atomic import JOURNAL_SUFFIX
+from packft.core.journal import JOURNAL_SUFFIX
 from packft.dataset.integrity import open_verified
 from packft.ingest.quality import QualityGateError
 from packft.preprocess.config import PreprocessConfig
