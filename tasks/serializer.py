@@ -204,11 +204,13 @@ def vet_record(result_store: Any, key: str) -> str:
 
 
 def _allow_step_results() -> None:
+    from packft.dataset.stats import DatasetStats
     from packft.preprocess import results
+    from packft.train.summary import TrainSummary
 
     for model in (results.InputFile, results.TokenizerPin, results.RecordCounts,
                   results.ValidationResult, results.TokenizeResult, results.PlanResult,
-                  results.DatasetStats, results.WriteResult):  # fmt: skip
+                  DatasetStats, results.WriteResult, TrainSummary):  # fmt: skip
         allow(model)
 
 

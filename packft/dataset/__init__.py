@@ -26,7 +26,8 @@ from packft.dataset.integrity import (
     unseal,
 )
 from packft.dataset.publish_gate import GateVerdict, PublishGate, PublishRefused
-from packft.dataset.rows import RowStats, write_sft_dataset
+from packft.dataset.rows import write_sft_dataset
+from packft.dataset.stats import DatasetStats, RowStats
 from packft.dataset.store import PublishResult, current_version, diff_versions, publish
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "IndexedDataset",
     "PublishGate",
     "PublishRefused",
+    "DatasetStats",
     "PublishResult",
     "RowStats",
     "VerifiedDataset",

@@ -54,12 +54,12 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
 from packft.core.atomic import (
     TEMP_RE,
@@ -73,6 +73,7 @@ from packft.core.atomic import (
 )
 from packft.core.errors import IntegrityError
 from packft.core.faults import inject
+from packft.core.results import Result
 from packft.dataset.publish_gate import PublishGate, PublishRefused
 from packft.dataset.store_lock import LEASE_PREFIX, Lease, lease_is_live, lease_path, store_lock
 
@@ -353,19 +354,22 @@ def _published_names(root: Path, live: Path, versions: list[Path]) -> set[str]:
     return {v.name for v in versions if _sort_key(v.name) <= _sort_key(live.name)}  # older store
 
 
-@dataclass
-class PublishResult:
+class PublishResult(Result):
     """What a publish did: which version is live now, what it replaced, what was pruned."""
+
+    model_config = ConfigDict(frozen=False)  # filled in by ``publish`` as it goes
 
     current: str
     previous: str | None
     changed: bool
-    pruned: list[str] = field(default_factory=list)
-    diff: dict[str, Any] = field(default_factory=dict)
+    pruned: list[str] = Field(default_factory=list)
+    diff: dict[str, Any] = Field(default_factory=dict)
+    """:func:`diff_versions` of the previous and the new version (empty when unchanged)."""
     gate: dict[str, Any] | None = None
+    """The publish gate's verdict (:meth:`GateVerdict.to_dict`); None when no gate ran."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def publish(
@@ -425,7 +429,8 @@ def _publish_locked(
             "another run? re-run to rebuild it)"
         )
     before = current_version(root)
-    result = PublishResult(target.name, before.name if before else None, before != target)
+    result = PublishResult(current=target.name, previous=before.name if before else None,
+                           changed=before != target)  # fmt: skip
     outcome: PublishResult | PublishRefused = result
     if result.changed:
         result.diff = diff_versions(before, target)

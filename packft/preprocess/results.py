@@ -14,17 +14,12 @@ takes the digest from the :class:`InputFile`. The Prefect tasks persist these mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from packft.core.results import Result
+from packft.dataset.stats import DatasetStats
 from packft.ingest.quality import InputCounts
-
-
-class Result(BaseModel):
-    """Base of the step results: immutable, and unknown fields are an error (no silent drift)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class InputFile(Result):
@@ -158,34 +153,6 @@ class PlanResult(Result):
     memory)."""
 
 
-class DatasetStats(Result):
-    """What a written dataset holds: the sidecar's ``stats`` (tokenize + plan + row counts)."""
-
-    samples_in: int
-    valid: int
-    rejected: dict[str, int] = Field(default_factory=dict)
-    rejected_total: int = 0
-    repaired: dict[str, int] = Field(default_factory=dict)
-    truncated: int = 0
-    truncated_marker_lost: int = 0
-    dropped: int = 0
-    split: int = 0
-    seq_length: int
-    rows: int = 0
-    items: int = 0
-    total_tokens: int = 0
-    supervised_tokens: int = 0
-    lower_bound_rows: int = 0
-    efficiency: float = 0.0
-    pad_fraction: float = 0.0
-    samples_per_row_mean: float = 0.0
-    samples_per_row_min: int = 0
-    samples_per_row_max: int = 0
-    samples_per_row_histogram: dict[str, int] = Field(default_factory=dict)
-    sum_squared_lengths: int = 0
-    efficiency_padded_alone: float = 0.0
-
-
 class WriteResult(Result):
     """A dataset version written (or found): where it is and the sidecar's stats."""
 
@@ -193,5 +160,5 @@ class WriteResult(Result):
     """The version directory."""
     prefix: Path
     """``{version}/{name}``: the ``--data-path`` prefix of the written set."""
-    stats: dict[str, Any] = Field(default_factory=dict)
+    stats: DatasetStats
     """The sidecar's ``stats`` (:func:`packft.preprocess.write`'s figures)."""

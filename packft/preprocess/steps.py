@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from packft import __version__
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.results import (
+    DatasetStats,
     InputFile,
     PlanResult,
     RecordCounts,
@@ -73,9 +74,11 @@ class PreprocessResult:
 
     prefix: Path
     files: list[Path]
-    stats: dict[str, Any]
+    stats: DatasetStats
     shards: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each step (``fetch``, ``tokenize``, ``plan``, ``write``)."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -303,7 +306,7 @@ def write(
     *,
     loaded_plan: PackPlan | None = None,
     tokenizer: TokenizerPin | None = None,
-) -> dict[str, Any]:
+) -> DatasetStats:
     """Build rows and write the datasets, plan and sidecar; returns the sidecar's stats.
 
     ``loaded_plan`` is the plan of ``plan_file`` when the caller holds it in memory (just
@@ -380,7 +383,7 @@ def write(
                 stage=stage,
                 vocab_size=int(ids["vocab_size"]),
             )
-    return {**stats.to_dict(), **merged_counts(totals, the_plan)}
+    return DatasetStats.of(stats, merged_counts(totals, the_plan))
 
 
 def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> PreprocessResult:
@@ -389,7 +392,7 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
     Raises:
         packft.ingest.quality.QualityGateError: too few valid records (nothing is written).
 
-    ``result.stats["seconds"]`` holds the wall time of each step.
+    ``result.step_seconds`` holds the wall time of each step.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -431,6 +434,5 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
         stats = write(cfg, paths, planned.plan, inputs, lambda n: bar.advance(task, n),
                       loaded_plan=the_plan, tokenizer=tokenizer)  # fmt: skip
         lap("write")
-    stats["seconds"] = seconds
     files = [Path(f"{sft_prefix(cfg.prefix, k)}.{e}") for k in SFT_KEYS for e in ("bin", "idx")]
-    return PreprocessResult(cfg.prefix, files, stats, paths, sum(seconds.values()))
+    return PreprocessResult(cfg.prefix, files, stats, paths, sum(seconds.values()), seconds)
