@@ -29,6 +29,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
@@ -113,6 +114,17 @@ def source_digest(fn: Callable[..., Any]) -> str:
     return hashlib.sha256(_function_source(fn).encode()).hexdigest()
 
 
+@cache
+def result_model(fn: Callable[..., Any]) -> type[BaseModel] | None:
+    """The pydantic model ``fn`` is annotated to return, if it returns one: a stored result of
+    that task must hold one (:func:`tasks.serializer.vet_record` refuses an older shape)."""
+    try:
+        hint = typing.get_type_hints(inspect.unwrap(fn)).get("return")
+    except (NameError, TypeError, AttributeError):  # an annotation not resolvable here
+        return None
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
 def content_key(task_name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> str:
     """The cache key of ``fn`` (a task body) called with ``params`` (already filtered)."""
     return digest_json(
@@ -151,7 +163,7 @@ def content_cache(
         key = content_key(task.name, task.fn, kept)
         store = getattr(context, "result_store", None)
         if store is not None:  # before Prefect reads the record: refuse what we did not write
-            key = vet_record(store, key)
+            key = vet_record(store, key, result_model(task.fn))
         paths = list(outputs(parameters)) if outputs is not None else []
         stale = not all(Path(p).exists() for p in paths) or (intact and not intact(parameters))
         if stale and store is not None and store.exists(key):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from packft.cli import main
+from packft.dataset.stats import DatasetStats
 from packft.pack.plan import PackPlan
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.steps import fetch_inputs, plan, preprocess, tokenize_input, validate_input
@@ -93,6 +94,14 @@ def segments(ids: np.ndarray, mask: np.ndarray, labels: np.ndarray):
         out.append((ids[where], labels[where]))
     assert np.all(mask[mask.astype(bool).sum() :] == 0)  # padding only at the end
     return out
+
+
+def test_sidecar_stats_are_the_typed_stats(alpaca_neat: Path) -> None:
+    """One field list: the sidecar's ``stats`` are :class:`DatasetStats`, keys in field order."""
+    stats = json.loads(Path(f"{alpaca_neat}.packft.json").read_text())["stats"]
+    assert list(stats) == list(DatasetStats.model_fields)
+    typed = DatasetStats.model_validate(stats)
+    assert typed.model_dump() == stats and typed.valid == stats["valid"] > 0
 
 
 @pytest.mark.parametrize("which", ["alpaca_neat", "sharegpt_neat"])
