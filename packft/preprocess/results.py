@@ -20,6 +20,7 @@ from pydantic import Field
 from packft.core.results import Result
 from packft.dataset.stats import DatasetStats
 from packft.ingest.quality import InputCounts
+from packft.tokenize.counts import TokenCounts
 
 
 class InputFile(Result):
@@ -115,21 +116,14 @@ class ValidationResult(InputResult):
     """One input file checked record by record (no tokenizing)."""
 
 
-class TokenizeResult(InputResult):
-    """One input file tokenized into one shard (or the shard reused), with its counts."""
+class TokenizeResult(TokenCounts, InputResult):
+    """One input file tokenized into one shard (or the shard reused), with its counts
+    (:class:`packft.tokenize.counts.TokenCounts`: ``length_counts`` is the length histogram,
+    counted while tokenizing)."""
 
     shard: Path
     shard_key: str
     """:func:`packft.tokenize.shard_key` (input, tokenizer, options, version): the shard's name."""
-    truncated: int = 0
-    truncated_marker_lost: int = 0
-    dropped: int = 0
-    written: int = 0
-    tokens: int = 0
-    supervised_tokens: int = 0
-    max_length: int = 0
-    length_counts: dict[int, int] = Field(default_factory=dict)
-    """Samples per length before any cut (the length histogram, counted while tokenizing)."""
     lengths_before_cut: bool = True
     """False for a shard from before ``length_counts`` existed: the stored (cut) lengths."""
 

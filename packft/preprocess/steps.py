@@ -37,7 +37,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ from packft.preprocess.results import (
     TokenizerPin,
     ValidationResult,
 )
+from packft.tokenize.counts import TokenCounts
 from packft.tokenize.options import SHARD_FORMAT as _SHARD_FORMAT
 
 if TYPE_CHECKING:
@@ -157,8 +158,7 @@ def shard_result(source: InputFile, shard: Path, key: str, stats: dict[str, Any]
     counts = RecordCounts(total=int(stats.get("samples_in", 0)), valid=int(stats.get("valid", 0)),
                           rejected=dict(stats.get("rejected") or {}),
                           repaired=dict(stats.get("repaired") or {}))  # fmt: skip
-    figures = ("truncated", "truncated_marker_lost", "dropped", "written", "tokens",
-               "supervised_tokens", "max_length")  # fmt: skip
+    figures = [name for name in TokenCounts.model_fields if name != "length_counts"]
     return TokenizeResult(
         file=source.label, sha256=source.sha256, shard=shard, shard_key=key,
         rejects=rejects_path_for(shard), counts=counts,
@@ -210,7 +210,7 @@ def tokenize_to_shard(
         tokenizer_sha256=tokenizer.sha256,
     )  # fmt: skip
     seal(shard, [rejects])
-    return shard_result(source, shard, key, asdict(stats))
+    return shard_result(source, shard, key, stats.model_dump())
 
 
 def tokenize_input(
