@@ -9,6 +9,7 @@ Modules: :mod:`~packft.tokenize.templates` (+ the data table
 :mod:`~packft.tokenize.template_table`) render a conversation into (source, target) pieces per
 turn; :mod:`~packft.tokenize.truncation` holds MindSpeed's and packft's marker-keeping cuts;
 :mod:`~packft.tokenize.batch` turns one batch into ids and labels (one Rust encode call);
+:mod:`~packft.tokenize.counts` names the sample counts a run keeps (``TokenCounts``);
 :mod:`~packft.tokenize.encode` streams batches through it, in one process or several;
 :mod:`~packft.tokenize.shards` writes and reads the shard format;
 :mod:`~packft.tokenize.options` is the one definition of "same tokenize work" (the options, the
@@ -16,6 +17,7 @@ tokenizer fingerprint and the shard key that the CLI's shard cache and the Prefe
 """
 
 from packft.tokenize.batch import TokenizeStats
+from packft.tokenize.counts import TokenCounts
 from packft.tokenize.encode import tokenize_file
 from packft.tokenize.options import (
     SHARD_FORMAT,
@@ -41,6 +43,7 @@ __all__ = [
     "ShardReader",
     "TokenShards",
     "TokenizeOptions",
+    "TokenCounts",
     "TokenizeStats",
     "get_template",
     "load_tokenizer",

@@ -70,7 +70,7 @@ def test_cache_then_incremental_change(
     for key in ("input_ids", "attention_mask", "labels"):
         assert Path(f"{prefix}_packed_{key}_document.bin").stat().st_size > 0
     assert first.stats.efficiency > 0.9
-    sidecar = json.loads(Path(f"{first['prefix']}.packft.json").read_text())
+    sidecar = json.loads(Path(f"{first.prefix}.packft.json").read_text())
     assert sidecar["config"]["output_prefix"] == first.prefix  # not the temporary build dir
 
     second = pack_dataset(config=cfg)

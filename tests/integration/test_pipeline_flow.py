@@ -29,7 +29,7 @@ def test_pipeline_trains_on_the_packed_version(
     first = pipeline(overrides=overrides)
     pack, tune = first.pack, first.finetune
     assert pack.changed and pack.stats.rejected_total == 7  # the planted bad records
-    assert len(Path(f"{pack['prefix']}.rejects.jsonl").read_text().splitlines()) == 7
+    assert len(Path(f"{pack.prefix}.rejects.jsonl").read_text().splitlines()) == 7
     assert tune.train.steps == 3 and tune.states["finetune"] == "Completed"
     assert Path(tune.exported.mcore, "latest_checkpointed_iteration.txt").is_file()
     assert Path(tune.exported.hf, "config.json").is_file()
