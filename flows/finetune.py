@@ -21,7 +21,8 @@ from packft.track import metric_names
 from packft.track.tracking import Tracker
 from packft.train.engine import check_engine
 from packft.train.summary import TrainSummary
-from tasks.model import ParentRun, convert_checkpoint, dataset_digest, dir_digest, export, finetune
+from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, finetune
+from tasks.results import ParentRun
 
 
 def train_stage(cfg: FinetuneConfig, tracker: Tracker) -> tuple[TrainSummary, str]:

@@ -43,7 +43,8 @@ from packft.preprocess import PreprocessConfig, TokenizeResult, ValidationResult
 from packft.track.tracking import Tracker
 from tasks.caching import FileRef
 from tasks.ingest import download, quality_gate, validate
-from tasks.pack import PublishedVersion, dataset_fingerprint, pack, publish, shard_ref, write
+from tasks.pack import dataset_fingerprint, pack, publish, shard_ref, write
+from tasks.results import PublishedVersion
 from tasks.tokenize import TokenizerRef, pin_tokenizer, tokenize
 
 CACHED_TASKS = ("validate", "tokenize", "pack", "write")

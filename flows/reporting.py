@@ -37,8 +37,7 @@ from packft.track.tracking import (
 )
 from packft.train.summary import TrainSummary
 from tasks.caching import FileRef
-from tasks.model import ExportResult
-from tasks.pack import PublishedVersion
+from tasks.results import ExportResult, PublishedVersion
 from tasks.tokenize import TokenizerRef
 
 

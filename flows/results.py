@@ -16,7 +16,7 @@ from packft.core.results import Result
 from packft.dataset.stats import DatasetStats
 from packft.preprocess.results import RecordCounts
 from packft.train.summary import TrainSummary
-from tasks.model import ExportResult
+from tasks.results import ExportResult
 from tasks.serializer import allow
 
 

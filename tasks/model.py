@@ -15,37 +15,17 @@ from typing import Any
 
 from prefect import task
 
-from packft.core.results import Result
 from packft.pipeline_config import ConvertConfig, ExportConfig
 from packft.train.config import TrainConfig
 from packft.train.summary import TrainSummary
 from tasks.caching import content_cache, tree_sha256
-from tasks.serializer import SERIALIZER, allow
+from tasks.results import ExportResult, ParentRun
+from tasks.serializer import SERIALIZER
 
 TRAIN_IGNORED = (
     "tracking", "tracking_uri", "tracking_required", "experiment", "run_name", "log_interval",
 )  # fmt: skip
 """TrainConfig fields that do not change the trained weights."""
-
-
-@allow
-class ExportResult(Result):
-    """Where the final weights are: the HF directory as trained, and the mcore copy if asked."""
-
-    hf: str
-    mcore: str | None = None
-
-    def weights(self) -> dict[str, str]:
-        """``{"hf": dir, "mcore": dir}`` (``mcore`` only when exported): kind -> directory."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
-class ParentRun(Result):
-    """The MLflow run the trainer's run nests under (:func:`packft.track.nest_runs_under`)."""
-
-    run_id: str
-    experiment: str | None = None
-    tracking_uri: str | None = None
 
 
 def dir_digest(path: str | Path) -> str:

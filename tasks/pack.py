@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from pydantic import ConfigDict
 
 from packft.core import atomic_write_bytes
 from packft.dataset import PublishGate, check_seal, store
@@ -28,7 +27,8 @@ from packft.pack.options import PackOptions, plan_key
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.results import PlanResult, TokenizeResult, WriteResult
 from tasks.caching import FileRef, content_cache
-from tasks.serializer import SERIALIZER, allow
+from tasks.results import PublishedVersion
+from tasks.serializer import SERIALIZER
 
 
 def shard_ref(result: TokenizeResult) -> FileRef:
@@ -148,16 +148,6 @@ FORCE_PUBLISH_HINT = (
     "run.force_publish=true (python -m flows.pack_dataset ... --force-publish, or the flow "
     'parameter overrides={"run": {"force_publish": true}})'
 )
-
-
-@allow
-class PublishedVersion(store.PublishResult):
-    """A :class:`packft.dataset.store.PublishResult` and where ``latest`` is."""
-
-    model_config = ConfigDict(frozen=True)
-
-    latest: str
-    """``{output_root}/latest``: the path to train on."""
 
 
 @task(name="publish", persist_result=False)

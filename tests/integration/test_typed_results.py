@@ -15,8 +15,7 @@ from packft.dataset.stats import DatasetStats
 from packft.preprocess.results import RecordCounts, WriteResult
 from packft.train.summary import TrainSummary
 from tasks.caching import content_cache
-from tasks.model import ExportResult
-from tasks.pack import PublishedVersion
+from tasks.results import ExportResult, PublishedVersion
 from tasks.serializer import SERIALIZER, RefusedResult, check_record_bytes
 
 REPO = Path(__file__).resolve().parents[2]
