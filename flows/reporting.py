@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.results import FinetuneRunResult, PackRunResult
 from packft.dataset import PublishRefused
@@ -39,6 +39,9 @@ from packft.train.summary import TrainSummary
 from tasks.caching import FileRef
 from tasks.results import ExportResult, PublishedVersion
 from tasks.tokenize import TokenizerRef
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def prefect_tags() -> dict[str, str]:
@@ -207,7 +210,7 @@ def log_tokenize(tracker: Tracker, shards: list[TokenizeResult]) -> None:
 
 def dataset_figures(
     shards: list[TokenizeResult], plan: PlanResult, seq_length: int, stats: DatasetStats
-) -> tuple[Any, Any]:
+) -> tuple[Figure, Figure]:
     """(sample length histogram before truncation, row fill histogram) for a packed dataset.
 
     Both are counted where the data was in memory: lengths by the tokenize task

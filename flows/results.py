@@ -10,8 +10,6 @@ these models.
 
 from __future__ import annotations
 
-from typing import Any
-
 from packft.core.results import Result
 from packft.dataset.stats import DatasetStats
 from packft.preprocess.results import RecordCounts
@@ -35,7 +33,7 @@ class PackRunResult(Result):
     latest: str
     """``{output_root}/latest/{name}``: the published dataset."""
     stats: DatasetStats
-    diff: dict[str, Any]
+    diff: dict[str, int | float | None]
     """:func:`packft.dataset.store.diff_versions` against the previous ``latest`` (when changed)."""
     states: dict[str, list[str]]
     """Each task's final Prefect state name (``Completed``, ``Cached``), per file where per file."""

@@ -34,13 +34,16 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from packft import __version__
 from packft.core.fingerprint import tree_sha256  # the one tree digest (tokenizers, checkpoints)
 from tasks.serializer import allow, vet_record
+
+if TYPE_CHECKING:
+    from prefect.context import TaskRunContext
 
 __all__ = [
     "FileRef",
@@ -143,7 +146,7 @@ def content_cache(
     outputs: Callable[[Mapping[str, Any]], Iterable[Path]] | None = None,
     view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     intact: Callable[[Mapping[str, Any]], bool] | None = None,
-) -> Callable[[Any, dict[str, Any]], str]:
+) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     """A Prefect ``cache_key_fn`` keyed on content (see module docstring).
 
     Args:
@@ -155,7 +158,7 @@ def content_cache(
             see :func:`packft.dataset.check_seal`) re-runs the task instead of reusing it.
     """
 
-    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+    def key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         task = context.task
         kept = {k: v for k, v in parameters.items() if k not in exclude}
         if view is not None:

@@ -27,12 +27,15 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect.serializers import Serializer
 from pydantic import BaseModel, Field, ValidationError
 
 from packft.core.atomic import retire
+
+if TYPE_CHECKING:
+    from prefect.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +180,7 @@ def check_record_bytes(content: bytes, expected: type[BaseModel] | None = None) 
         )
 
 
-def vet_record(result_store: Any, key: str, expected: type[BaseModel] | None = None) -> str:
+def vet_record(result_store: ResultStore, key: str, expected: type[BaseModel] | None = None) -> str:
     """Check the stored record of ``key`` before Prefect reads it; returns the key to use.
 
     ``expected`` is the task's return model (:func:`check_record_bytes`).

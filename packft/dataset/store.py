@@ -363,13 +363,10 @@ class PublishResult(Result):
     previous: str | None
     changed: bool
     pruned: list[str] = Field(default_factory=list)
-    diff: dict[str, Any] = Field(default_factory=dict)
+    diff: dict[str, int | float | None] = Field(default_factory=dict)
     """:func:`diff_versions` of the previous and the new version (empty when unchanged)."""
     gate: dict[str, Any] | None = None
     """The publish gate's verdict (:meth:`GateVerdict.to_dict`); None when no gate ran."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
 
 
 def publish(
