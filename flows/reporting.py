@@ -195,9 +195,9 @@ TOKENIZE_SUMS = ("truncated", "truncated_marker_lost", "dropped", "written", "to
                  "supervised_tokens")  # fmt: skip
 
 
-def log_tokenize(tracker: Tracker, shards: list[TokenizeResult]) -> None:
+def log_tokenize(tracker: Tracker, shards: list[TokenizeResult]) -> RecordCounts:
     """The ``tokenize`` stage run: counts summed over the shards, each shard's result as
-    details (without its length histogram)."""
+    details (without its length histogram); returns the record counts over all shards."""
     counts = RecordCounts.summed([s.counts for s in shards])
     totals = {"samples_in": counts.total, "valid": counts.valid,
               **{k: sum(getattr(s, k) for s in shards) for k in TOKENIZE_SUMS},
@@ -206,6 +206,7 @@ def log_tokenize(tracker: Tracker, shards: list[TokenizeResult]) -> None:
               "max_length": max((s.max_length for s in shards), default=0)}  # fmt: skip
     details = [s.model_dump(mode="json", exclude={"length_counts"}) for s in shards]
     log_stage(tracker, "tokenize", totals, details=details).close()
+    return counts
 
 
 def dataset_figures(
