@@ -20,6 +20,7 @@ from pydantic import Field
 from packft.core.results import Result
 from packft.dataset.stats import DatasetStats
 from packft.ingest.quality import InputCounts
+from packft.ingest.rejects import ValidationSummary
 from packft.tokenize.counts import TokenCounts
 
 
@@ -64,17 +65,13 @@ class TokenizerPin(Result):
         return cls(path_or_id=str(path_or_id), sha256=tokenizer_fingerprint(path_or_id))
 
 
-class RecordCounts(Result):
-    """Records of one input (or of a run): read, valid, rejected per reason, repaired per kind."""
-
-    total: int
-    valid: int
-    rejected: dict[str, int] = Field(default_factory=dict)
-    repaired: dict[str, int] = Field(default_factory=dict)
+class RecordCounts(ValidationSummary):
+    """Records of one input (or of a run): read, valid, rejected per reason, repaired per kind
+    (the fields of :class:`packft.ingest.rejects.ValidationSummary`)."""
 
     @property
     def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+        return self.num_rejected
 
     @classmethod
     def summed(cls, items: list[RecordCounts]) -> RecordCounts:
