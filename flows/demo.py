@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = demo_config(out, paths, args.train_iters)
     overrides["run"]["tracking_uri"] = resolve_tracking_uri(args.tracking_uri)
     result = pipeline(overrides=overrides)
-    pack, tune = result["pack"], result["finetune"]
-    stats = pack["stats"]
+    pack, tune = result.pack, result.finetune
+    stats = pack.stats.model_dump()
     print("\n=== packft demo ===")
-    print(pack["headline"])
+    print(pack.headline)
     keys = ("samples_in", "valid", "rejected_total", "truncated", "rows", "lower_bound_rows",
             "efficiency", "pad_fraction", "samples_per_row_mean", "efficiency_padded_alone")  # fmt: skip
     for key in keys:
@@ -142,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {key:>24}: {value:.4f}" if isinstance(value, float) else f"  {key:>24}: {value}"
             )
-    print(f"  {'dataset':>24}: {pack['latest']}")
-    train = tune["train"]
-    print(f"  {'train steps':>24}: {train.get('steps')} (loss {train.get('first_loss')} -> "
-          f"{train.get('final_loss')})")  # fmt: skip
-    for kind, where in tune["exported"].items():
+    print(f"  {'dataset':>24}: {pack.latest}")
+    train = tune.train
+    print(f"  {'train steps':>24}: {train.steps} (loss {train.first_loss} -> "
+          f"{train.final_loss})")  # fmt: skip
+    for kind, where in tune.exported.weights().items():
         print(f"  {kind + ' weights':>24}: {where}")
     print(f"  {'wall time':>24}: {time.perf_counter() - started:.0f} s")
     print("\nOpen the UIs:")
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if "PREFECT_API_URL" not in os.environ:
         print("  (with that server up, `export PREFECT_API_URL=http://127.0.0.1:4200/api` before "
               "the next run: one server per database, runs show up live)")  # fmt: skip
-    print(json.dumps({"demo": "ok", "mlflow_run_id": result["mlflow_run_id"]}))
+    print(json.dumps({"demo": "ok", "mlflow_run_id": result.mlflow_run_id}))
     return 0
 
 

@@ -15,14 +15,19 @@ from typing import Any
 from prefect import flow
 
 from flows import reporting
+from flows.results import FinetuneRunResult
 from packft.pipeline_config import FinetuneConfig, load_flow_config
 from packft.track import metric_names
+from packft.track.tracking import Tracker
 from packft.train.engine import check_engine
+from packft.train.summary import TrainSummary
 from tasks.model import convert_checkpoint, dataset_digest, dir_digest, export, finetune
+from tasks.results import ParentRun
 
 
-def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
-    """Run ``finetune`` with the trainer's MLflow run nested under a ``train`` stage run."""
+def train_stage(cfg: FinetuneConfig, tracker: Tracker) -> tuple[TrainSummary, str]:
+    """Run ``finetune`` with the trainer's MLflow run nested under a ``train`` stage run;
+    returns the training summary and the task's final state name (``Completed``, ``Cached``)."""
     stage = tracker.child("train", tags={"packft.stage": "train"})
     train_cfg = cfg.train.model_copy(  # untracked stage (disabled or store lost): trainer too
         update={"tracking": stage.run_id is not None, "tracking_uri": tracker.tracking_uri,
@@ -30,8 +35,8 @@ def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
     )  # fmt: skip
     parent = None
     if stage.run_id:
-        parent = {"run_id": stage.run_id, "experiment": stage.experiment,
-                  "tracking_uri": stage.tracking_uri}  # fmt: skip
+        parent = ParentRun(run_id=stage.run_id, experiment=stage.experiment,
+                           tracking_uri=stage.tracking_uri)  # fmt: skip
     state = finetune.with_options(result_storage=cfg.run.result_path)(
         train_cfg,
         dataset_digest(train_cfg.data_path),
@@ -39,15 +44,16 @@ def train_stage(cfg: FinetuneConfig, tracker: Any) -> dict[str, Any]:
         parent,
         return_state=True,
     )
-    summary = {**state.result(), "state": state.name}
+    result: TrainSummary = state.result()
+    summary = {**result.figures(), "state": state.name}
     stage.log(metric_names.named(summary, metric_names.SUMMARY), step=0)
     stage.log_params(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
     stage.log_artifact("train_summary.json", summary)
     stage.close()
-    return summary
+    return result, state.name
 
 
-def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> FinetuneRunResult:
     """The flow body (also called by ``pipeline``); returns the run summary."""
     check_engine(cfg.train)  # every engine setting, before anything is converted or tracked
     started = time.perf_counter()
@@ -65,9 +71,8 @@ def run_finetune(cfg: FinetuneConfig, parent_run_id: str | None = None) -> dict[
             )
             states["convert_checkpoint"] = converted.name
             reporting.log_stage(tracker, "convert", {}, details=converted.result()).close()
-        summary = train_stage(cfg, tracker)
-        states["finetune"] = summary.pop("state")
-        hf_dir = summary.get("checkpoint") or f"{cfg.train.save}/hf"
+        summary, states["finetune"] = train_stage(cfg, tracker)
+        hf_dir = summary.checkpoint or f"{cfg.train.save}/hf"
         exported = export.with_options(result_storage=storage)(
             hf_dir, dir_digest(hf_dir), cfg.export, return_state=True
         )
@@ -85,7 +90,7 @@ def finetune_flow(
     overrides: dict[str, Any] | None = None,
     config: FinetuneConfig | None = None,
     mlflow_parent_run_id: str | None = None,
-) -> dict[str, Any]:
+) -> FinetuneRunResult:
     """Fine-tune on a packed dataset; see the module docstring.
 
     Args:

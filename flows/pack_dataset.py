@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.futures import PrefectFuture
 from prefect.states import State
 
 from flows import reporting
+from flows.results import PackRunResult
 from flows.runners import make_task_runner
 from packft.dataset import PublishRefused
 from packft.pipeline_config import PackDatasetConfig, load_flow_config
@@ -42,12 +44,13 @@ from packft.track.tracking import Tracker
 from tasks.caching import FileRef
 from tasks.ingest import download, quality_gate, validate
 from tasks.pack import dataset_fingerprint, pack, publish, shard_ref, write
+from tasks.results import PublishedVersion
 from tasks.tokenize import TokenizerRef, pin_tokenizer, tokenize
 
 CACHED_TASKS = ("validate", "tokenize", "pack", "write")
 
 
-def _state(future_or_state: Any) -> str:
+def _state(future_or_state: PrefectFuture[Any] | State) -> str:
     state = getattr(future_or_state, "state", future_or_state)
     return state.name
 
@@ -151,7 +154,7 @@ def write_version(plan: State, shards: list[tuple[TokenizeResult, str]],
 
 def publish_version(
     dataset: WriteResult, tracker: Tracker, cfg: PackDatasetConfig
-) -> dict[str, Any]:
+) -> PublishedVersion:
     """``publish`` behind the gate; a refusal is reported (MLflow, artifact), then re-raised."""
     run = cfg.run
     try:
@@ -162,7 +165,7 @@ def publish_version(
         raise
 
 
-def run_pack_dataset(cfg: PackDatasetConfig, parent_run_id: str | None = None) -> dict[str, Any]:
+def run_pack_dataset(cfg: PackDatasetConfig, parent_run_id: str | None = None) -> PackRunResult:
     """The flow body (also called by ``pipeline``); returns the run summary."""
     started, run = time.perf_counter(), cfg.run
     experiment = run.experiment or "pack-dataset"
@@ -197,7 +200,7 @@ def pack_dataset(
     overrides: dict[str, Any] | None = None,
     config: PackDatasetConfig | None = None,
     mlflow_parent_run_id: str | None = None,
-) -> dict[str, Any]:
+) -> PackRunResult:
     """Build (or refresh) a packed SFT dataset version; see the module docstring.
 
     Args:

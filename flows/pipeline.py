@@ -17,19 +17,24 @@ from prefect import flow
 from flows import reporting
 from flows.finetune import finetune_flow
 from flows.pack_dataset import pack_dataset
+from flows.results import PipelineRunResult
+from packft.dataset.stats import DatasetStats
 from packft.pipeline_config import PipelineConfig, load_flow_config
 from packft.track import ui_command
+from packft.track.tracking import Tracker
+from packft.train.summary import TrainSummary
 
 
 def log_headline(
-    tracker: Any, stats: dict[str, Any], summary: dict[str, Any], save: str, seconds: float
+    tracker: Tracker, stats: DatasetStats, summary: TrainSummary, save: str, seconds: float
 ) -> None:
     """The figures people look at first, on the top-level run: utilization, samples in/valid/
     rejected, final loss, tokens/s, wall time, the ``train/loss`` curve and the loss/lr plot."""
     from packft.track import metric_names as names
     from packft.train.history import curves_figure, log_steps, read_steps
 
-    figures = names.named(stats, names.DATA) | names.named(summary, names.SUMMARY)
+    figures = names.named(stats.model_dump(), names.DATA)
+    figures |= names.named(summary.figures(), names.SUMMARY)
     figures |= names.named({"seconds": seconds}, names.RUN)
     tracker.log({k: v for k, v in figures.items() if k in names.HEADLINE}, step=0)
     try:
@@ -47,7 +52,7 @@ def pipeline(
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     config: PipelineConfig | None = None,
-) -> dict[str, Any]:
+) -> PipelineRunResult:
     """Pack a dataset, then fine-tune on it.
 
     Args:
@@ -66,10 +71,10 @@ def pipeline(
         run = cfg.run.model_copy(update={"experiment": tracker.experiment or "pipeline"})
         pack_cfg = cfg.pack_config().model_copy(update={"run": run})
         data = pack_dataset(config=pack_cfg, mlflow_parent_run_id=tracker.run_id)
-        tune_cfg = cfg.finetune_config(data_path=data["prefix"]).model_copy(update={"run": run})
+        tune_cfg = cfg.finetune_config(data_path=data.prefix).model_copy(update={"run": run})
         model = finetune_flow(config=tune_cfg, mlflow_parent_run_id=tracker.run_id)
         seconds = time.perf_counter() - started
-        log_headline(tracker, data["stats"], model["train"], tune_cfg.train.save, seconds)
+        log_headline(tracker, data.stats, model.train, tune_cfg.train.save, seconds)
         reporting.publish_markdown(
             "pipeline-summary",
             "pipeline",
@@ -77,10 +82,10 @@ def pipeline(
                 (
                     "Outputs",
                     [
-                        ("dataset", data["headline"]),
-                        ("trained on", f"`{data['prefix']}`"),
-                        *[(f"{k} weights", f"`{v}`") for k, v in model["exported"].items()],
-                        ("final loss", model["train"].get("final_loss")),
+                        ("dataset", data.headline),
+                        ("trained on", f"`{data.prefix}`"),
+                        *[(f"{k} weights", f"`{v}`") for k, v in model.exported.weights().items()],
+                        ("final loss", model.train.final_loss),
                         ("seconds", round(seconds, 1)),
                         *reporting.run_links(tracker),
                     ],
@@ -90,8 +95,8 @@ def pipeline(
         if tracker.run_id:
             print(f"MLflow UI: {ui_command(tracker.tracking_uri)}")
         print(f"Prefect UI: {reporting.prefect_ui_command()}")
-    return {"pack": data, "finetune": model, "mlflow_run_id": tracker.run_id,
-            "seconds": round(seconds, 2)}  # fmt: skip
+    return PipelineRunResult(pack=data, finetune=model, mlflow_run_id=tracker.run_id,
+                             seconds=round(seconds, 2))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from packft.dataset.stats import detail_rows
+from flows.results import FinetuneRunResult, PackRunResult
+from packft.dataset import PublishRefused
+from packft.dataset.stats import DatasetStats, detail_rows
 from packft.pipeline_config import PackDatasetConfig
 from packft.preprocess.results import (
     PlanResult,
@@ -33,6 +35,13 @@ from packft.track.tracking import (
     tool_path,
     ui_command,
 )
+from packft.train.summary import TrainSummary
+from tasks.caching import FileRef
+from tasks.results import ExportResult, PublishedVersion
+from tasks.tokenize import TokenizerRef
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def prefect_tags() -> dict[str, str]:
@@ -156,7 +165,7 @@ def prefect_ui_command() -> str:
 # --- pack-dataset stages -----------------------------------------------------------------------
 
 
-def log_inputs(tracker: Tracker, files: list[Any], tokenizer: Any) -> None:
+def log_inputs(tracker: Tracker, files: list[FileRef], tokenizer: TokenizerRef) -> None:
     """Each input as an ``mlflow.data`` dataset (source + content digest), plus the tokenizer."""
     for ref in files:
         source = InputDataset(ref.source or str(ref.path), ref.sha256, tags={"size": ref.size})
@@ -169,14 +178,15 @@ def log_inputs(tracker: Tracker, files: list[Any], tokenizer: Any) -> None:
     )  # fmt: skip
 
 
-def validation_totals(checks: list[ValidationResult]) -> dict[str, Any]:
+def validation_totals(checks: list[ValidationResult]) -> RecordCounts:
     """Records read, valid, rejected per reason and repaired per kind over all files."""
-    return RecordCounts.summed([c.counts for c in checks]).figures()
+    return RecordCounts.summed([c.counts for c in checks])
 
 
-def log_validation(tracker: Tracker, checks: list[ValidationResult]) -> dict[str, Any]:
+def log_validation(tracker: Tracker, checks: list[ValidationResult]) -> RecordCounts:
+    """The ``validate`` stage run: the totals over all files, each file's result as details."""
     totals = validation_totals(checks)
-    log_stage(tracker, "validate", totals,
+    log_stage(tracker, "validate", totals.figures(),
               details=[c.model_dump(mode="json") for c in checks]).close()  # fmt: skip
     return totals
 
@@ -185,21 +195,23 @@ TOKENIZE_SUMS = ("truncated", "truncated_marker_lost", "dropped", "written", "to
                  "supervised_tokens")  # fmt: skip
 
 
-def log_tokenize(tracker: Tracker, shards: list[TokenizeResult]) -> dict[str, Any]:
-    counts = RecordCounts.summed([s.counts for s in shards]).figures()
-    totals: dict[str, Any] = {"samples_in": counts["total"], "valid": counts["valid"],
-                              **{k: sum(getattr(s, k) for s in shards) for k in TOKENIZE_SUMS},
-                              "rejected": counts["rejected"], "repaired": counts["repaired"],
-                              "rejected_total": counts["rejected_total"],
-                              "max_length": max((s.max_length for s in shards), default=0)}  # fmt: skip
+def log_tokenize(tracker: Tracker, shards: list[TokenizeResult]) -> RecordCounts:
+    """The ``tokenize`` stage run: counts summed over the shards, each shard's result as
+    details (without its length histogram); returns the record counts over all shards."""
+    counts = RecordCounts.summed([s.counts for s in shards])
+    totals = {"samples_in": counts.total, "valid": counts.valid,
+              **{k: sum(getattr(s, k) for s in shards) for k in TOKENIZE_SUMS},
+              "rejected": counts.rejected, "repaired": counts.repaired,
+              "rejected_total": counts.rejected_total,
+              "max_length": max((s.max_length for s in shards), default=0)}  # fmt: skip
     details = [s.model_dump(mode="json", exclude={"length_counts"}) for s in shards]
     log_stage(tracker, "tokenize", totals, details=details).close()
-    return totals
+    return counts
 
 
 def dataset_figures(
-    shards: list[TokenizeResult], plan: PlanResult, seq_length: int, stats: Mapping[str, Any]
-) -> tuple[Any, Any]:
+    shards: list[TokenizeResult], plan: PlanResult, seq_length: int, stats: DatasetStats
+) -> tuple[Figure, Figure]:
     """(sample length histogram before truncation, row fill histogram) for a packed dataset.
 
     Both are counted where the data was in memory: lengths by the tokenize task
@@ -218,9 +230,9 @@ def dataset_figures(
     exact = all(s.lengths_before_cut for s in shards)
     lengths = np.fromiter(counts, np.int64, len(counts))
     weights = np.fromiter(counts.values(), np.int64, len(counts))
-    cut = {k: int(stats.get(k) or 0) for k in ("truncated", "dropped", "split")}
+    cut = {"truncated": stats.truncated, "dropped": stats.dropped, "split": stats.split}
     if exact:
-        cut["tokens_cut"] = int((lengths * weights).sum()) - int(stats.get("total_tokens", 0))
+        cut["tokens_cut"] = int((lengths * weights).sum()) - stats.total_tokens
     fills = np.fromiter(plan.row_fill, np.int64, len(plan.row_fill))
     rows = np.repeat(fills, np.fromiter(plan.row_fill.values(), np.int64, len(plan.row_fill)))
     return (
@@ -243,19 +255,19 @@ def finish_pack_run(
     *,
     plan: PlanResult,
     dataset: WriteResult,
-    published: dict[str, Any],
+    published: PublishedVersion,
     shards: list[TokenizeResult],
     checks: list[ValidationResult],
     states: dict[str, list[str]],
     seconds: float,
-) -> dict[str, Any]:
+) -> PackRunResult:
     """Log pack/write/publish stages and plots, publish the Prefect artifact, print the summary."""
-    stats = dataset.stats
-    seq = int(cfg.preprocess.seq_length or stats.get("seq_length") or 1)
+    stats = dataset.stats.model_dump()
+    seq = int(cfg.preprocess.seq_length or dataset.stats.seq_length or 1)
     planned = plan.model_dump(mode="json", exclude={"row_fill"})
     pack_run = log_stage(tracker, "pack", {**planned, **stats}, details=planned)
     if cfg.preprocess.pack:
-        lengths_fig, fill_fig = dataset_figures(shards, plan, seq, stats)
+        lengths_fig, fill_fig = dataset_figures(shards, plan, seq, dataset.stats)
         for run in (pack_run, tracker):
             run.log_artifact("plots/sample_lengths.png", lengths_fig)
             run.log_artifact("plots/row_fill.png", fill_fig)
@@ -264,23 +276,23 @@ def finish_pack_run(
     tracker.log_params(metric_names.stats_params(stats))
     cached = [s for name in ("validate", "tokenize", "pack", "write") for s in states[name]]
     n_cached = sum(s == "Cached" for s in cached)
-    diff, gate = published.get("diff") or {}, published.get("gate") or {}
-    change = {"changed": int(bool(published["changed"])), "published": int(bool(published["changed"])),
+    diff, gate = published.diff, published.gate or {}
+    change = {"changed": int(published.changed), "published": int(published.changed),
               "tasks_cached": n_cached, "tasks_total": len(cached), **diff,
               **gate_metrics(gate)}  # fmt: skip
-    log_stage(tracker, "publish", change, details=published).close()
+    log_stage(tracker, "publish", change, details=published.model_dump(mode="json")).close()
     tracker.log(metric_names.named(diff, metric_names.DATA), step=0)  # gate figures: stage run
     tracker.log_params(metric_names.stats_params(diff, prefix="diff"))
     tracker.log_params({"packft.dataset_version": dataset.version.name,
-                        "packft.changed": str(bool(published["changed"])).lower(),
+                        "packft.changed": str(published.changed).lower(),
                         "packft.publish": publish_outcome(published)}, tags=True)  # fmt: skip
     headline = (
-        f"dataset changed: new version {published['current']} (previous: {published['previous']})"
-        if published["changed"]
-        else f"nothing changed: {published['current']} is still latest "
+        f"dataset changed: new version {published.current} (previous: {published.previous})"
+        if published.changed
+        else f"nothing changed: {published.current} is still latest "
         f"({n_cached}/{len(cached)} tasks from cache)"
     )
-    latest = Path(published["latest"]) / dataset.prefix.name
+    latest = Path(published.latest) / dataset.prefix.name
     outputs = [
         ("status", headline),
         ("train on (latest)", f"`{latest}`"),
@@ -305,23 +317,23 @@ def finish_pack_run(
     print(f"train on: {latest}")
     if not isinstance(tracker, NullTracker):
         print(f"MLflow UI: {ui_command(tracker.tracking_uri)}")
-    return {
-        "headline": headline,
-        "changed": bool(published["changed"]),
-        "version": str(dataset.version),
-        "prefix": str(dataset.prefix),
-        "latest": str(latest),
-        "stats": stats,
-        "diff": diff,
-        "states": states,
-        "validation": validation_totals(checks),
-        "mlflow_run_id": tracker.run_id,
-        "flow_run_id": prefect_tags()["prefect.flow_run_id"],
-        "seconds": round(seconds, 2),
-    }
+    return PackRunResult(
+        headline=headline,
+        changed=published.changed,
+        version=str(dataset.version),
+        prefix=str(dataset.prefix),
+        latest=str(latest),
+        stats=dataset.stats,
+        diff=diff,
+        states=states,
+        validation=validation_totals(checks),
+        mlflow_run_id=tracker.run_id,
+        flow_run_id=prefect_tags()["prefect.flow_run_id"],
+        seconds=round(seconds, 2),
+    )
 
 
-def gate_metrics(gate: Mapping[str, Any]) -> dict[str, Any]:
+def gate_metrics(gate: Mapping[str, Any]) -> dict[str, float | int]:
     """The publish gate's measurements and decision (``metric_names.PUBLISH`` keys, plus its
     thresholds, which ``log_stage`` records as params); empty when no gate ran."""
     if not gate:
@@ -332,15 +344,15 @@ def gate_metrics(gate: Mapping[str, Any]) -> dict[str, Any]:
             "gate_forced": int(bool(gate.get("forced")))}  # fmt: skip
 
 
-def publish_outcome(published: Mapping[str, Any]) -> str:
+def publish_outcome(published: PublishedVersion) -> str:
     """``published``, ``forced`` (past a refusing gate) or ``unchanged``: the run's tag."""
-    gate = published.get("gate") or {}
-    if not published.get("changed"):
+    gate = published.gate or {}
+    if not published.changed:
         return "unchanged"
     return "forced" if gate.get("problems") and gate.get("forced") else "published"
 
 
-def report_refused_publish(tracker: Tracker, refused: Any, dataset: WriteResult) -> str:
+def report_refused_publish(tracker: Tracker, refused: PublishRefused, dataset: WriteResult) -> str:
     """A refused publish (:class:`packft.dataset.PublishRefused`): the diff and verdict to
     MLflow (``publish`` stage, ``diff.*`` metrics, tags, ``publish_refused.json``) and to the
     ``pack-dataset-publish-refused`` Prefect artifact. Returns the artifact's markdown."""
@@ -378,18 +390,19 @@ TRAIN_TABLE = ("steps", "first_loss", "final_loss", "tokens_per_s", "real_tokens
 
 def finish_finetune_run(
     tracker: Tracker,
-    summary: dict[str, Any],
-    exported: dict[str, Any],
+    train: TrainSummary,
+    exported: ExportResult,
     states: dict[str, str],
     seconds: float,
-) -> dict[str, Any]:
+) -> FinetuneRunResult:
     """Log the export stage, publish the finetune artifact, print where the weights are."""
-    log_stage(tracker, "export", {}, details=exported).close()
+    weights, summary = exported.weights(), train.figures()
+    log_stage(tracker, "export", {}, details=weights).close()
     tracker.log(metric_names.named(summary, metric_names.SUMMARY), step=0)
     tracker.log_params(metric_names.stats_params(summary, "train", metric_names.SUMMARY))
     table = [(k, summary[k]) for k in TRAIN_TABLE if k in summary]
     table += [(k, v) for k, v in summary.items() if k not in TRAIN_TABLE and k.endswith("loss")]
-    outputs = [(f"{k} weights", f"`{v}`") for k, v in exported.items()]
+    outputs = [(f"{k} weights", f"`{v}`") for k, v in weights.items()]
     outputs += [("task states", ", ".join(f"{k}: {v}" for k, v in states.items()))]
     outputs += [("seconds", round(seconds, 1)), *run_links(tracker)]
     publish_markdown("finetune-summary", "finetune", [("Outputs", outputs), ("Training", table)])
@@ -397,5 +410,5 @@ def finish_finetune_run(
         print(f"  {key:>20}: {value}")
     if not isinstance(tracker, NullTracker):
         print(f"MLflow UI: {ui_command(tracker.tracking_uri)}")
-    return {"train": summary, "exported": exported, "states": states,
-            "mlflow_run_id": tracker.run_id, "seconds": round(seconds, 2)}  # fmt: skip
+    return FinetuneRunResult(train=train, exported=exported, states=states,
+                             mlflow_run_id=tracker.run_id, seconds=round(seconds, 2))  # fmt: skip

@@ -34,9 +34,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from packft.core import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 
 def current_api_url() -> str | None:
@@ -71,7 +74,7 @@ def environ_restored() -> Iterator[None]:
         restore_environ(before, set(changed_since(before)))
 
 
-def make_task_runner(kind: str, parallel: int, address: str | None = None) -> Any:
+def make_task_runner(kind: str, parallel: int, address: str | None = None) -> TaskRunner:
     """The Prefect task runner for ``kind`` in {threads, dask, ray}.
 
     Raises:
@@ -101,7 +104,7 @@ def local_worker_env() -> dict[str, str]:
     return env
 
 
-def dask_task_runner(parallel: int, address: str | None) -> Any:
+def dask_task_runner(parallel: int, address: str | None) -> TaskRunner:
     """A DaskTaskRunner on ``address``, else on an environment-preserving LocalCluster."""
     try:
         from prefect_dask import DaskTaskRunner
@@ -125,7 +128,7 @@ def dask_task_runner(parallel: int, address: str | None) -> Any:
     )
 
 
-def ray_task_runner(parallel: int, address: str | None) -> Any:
+def ray_task_runner(parallel: int, address: str | None) -> TaskRunner:
     """A RayTaskRunner on ``address`` (GCS ``host:port`` or ``ray://``), else a private local one."""
     _import_prefect_ray()
     if address:

@@ -29,17 +29,21 @@ import hashlib
 import importlib
 import inspect
 import json
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from packft import __version__
 from packft.core.fingerprint import tree_sha256  # the one tree digest (tokenizers, checkpoints)
 from tasks.serializer import allow, vet_record
+
+if TYPE_CHECKING:
+    from prefect.context import TaskRunContext
 
 __all__ = [
     "FileRef",
@@ -113,6 +117,17 @@ def source_digest(fn: Callable[..., Any]) -> str:
     return hashlib.sha256(_function_source(fn).encode()).hexdigest()
 
 
+@cache
+def result_model(fn: Callable[..., Any]) -> type[BaseModel] | None:
+    """The pydantic model ``fn`` is annotated to return, if it returns one: a stored result of
+    that task must hold one (:func:`tasks.serializer.vet_record` refuses an older shape)."""
+    try:
+        hint = typing.get_type_hints(inspect.unwrap(fn)).get("return")
+    except (NameError, TypeError, AttributeError):  # an annotation not resolvable here
+        return None
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
 def content_key(task_name: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> str:
     """The cache key of ``fn`` (a task body) called with ``params`` (already filtered)."""
     return digest_json(
@@ -131,7 +146,7 @@ def content_cache(
     outputs: Callable[[Mapping[str, Any]], Iterable[Path]] | None = None,
     view: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     intact: Callable[[Mapping[str, Any]], bool] | None = None,
-) -> Callable[[Any, dict[str, Any]], str]:
+) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     """A Prefect ``cache_key_fn`` keyed on content (see module docstring).
 
     Args:
@@ -143,7 +158,7 @@ def content_cache(
             see :func:`packft.dataset.check_seal`) re-runs the task instead of reusing it.
     """
 
-    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+    def key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         task = context.task
         kept = {k: v for k, v in parameters.items() if k not in exclude}
         if view is not None:
@@ -151,7 +166,7 @@ def content_cache(
         key = content_key(task.name, task.fn, kept)
         store = getattr(context, "result_store", None)
         if store is not None:  # before Prefect reads the record: refuse what we did not write
-            key = vet_record(store, key)
+            key = vet_record(store, key, result_model(task.fn))
         paths = list(outputs(parameters)) if outputs is not None else []
         stale = not all(Path(p).exists() for p in paths) or (intact and not intact(parameters))
         if stale and store is not None and store.exists(key):

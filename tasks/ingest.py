@@ -21,7 +21,7 @@ written or published.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.tasks import exponential_backoff
@@ -31,6 +31,11 @@ from packft.ingest.quality import GateResult
 from packft.preprocess.results import ValidationResult
 from tasks.caching import FileRef, content_cache, digest_json
 from tasks.serializer import SERIALIZER
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import TaskRun
+    from prefect.states import State
 
 NOT_TRANSIENT = ("ChecksumMismatchError", "HubUnavailableError")
 
@@ -53,7 +58,7 @@ def is_transient(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
-def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+def _retry_condition(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         try:

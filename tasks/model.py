@@ -11,14 +11,15 @@ flow's ``train`` stage run via :func:`packft.track.nest_runs_under`.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from prefect import task
 
 from packft.pipeline_config import ConvertConfig, ExportConfig
 from packft.train.config import TrainConfig
+from packft.train.summary import TrainSummary
 from tasks.caching import content_cache, tree_sha256
+from tasks.results import ExportResult, ParentRun
 from tasks.serializer import SERIALIZER
 
 TRAIN_IGNORED = (
@@ -53,6 +54,8 @@ def convert_checkpoint(config: ConvertConfig, source_digest: str) -> str:
 
 
 def _train_view(p: dict[str, Any]) -> dict[str, Any]:
+    """What the ``finetune`` key sees of its parameters (a Prefect parameter mapping): the
+    config without :data:`TRAIN_IGNORED` fields."""
     config = p["config"].model_dump(mode="json")
     return {**p, "config": {k: v for k, v in config.items() if k not in TRAIN_IGNORED}}
 
@@ -71,17 +74,16 @@ def finetune(
     config: TrainConfig,
     data_digest: str,
     model_digest: str,
-    mlflow_parent: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    mlflow_parent: ParentRun | None = None,
+) -> TrainSummary:
     """Train with ``packft.train.train``; returns its summary (steps, losses, tokens/s, paths)."""
     from packft.track import nest_runs_under
     from packft.train import train
 
-    parent = SimpleNamespace(**mlflow_parent) if mlflow_parent else None
-    if parent is None:
-        return dict(train(config) or {})
-    with nest_runs_under(parent):
-        return dict(train(config) or {})
+    if mlflow_parent is None:
+        return TrainSummary.of(train(config))
+    with nest_runs_under(mlflow_parent):
+        return TrainSummary.of(train(config))
 
 
 @task(
@@ -92,16 +94,12 @@ def finetune(
     persist_result=True,
     result_serializer=SERIALIZER,
 )
-def export(hf_dir: str, hf_digest: str, config: ExportConfig) -> dict[str, Any]:
+def export(hf_dir: str, hf_digest: str, config: ExportConfig) -> ExportResult:
     """Final weights for users: the HF dir as trained, plus an mcore copy for MindSpeed if asked."""
     from packft.ckpt import save_hf_as_mcore
 
-    out = {"hf": hf_dir}
-    if config.mcore_dir:
-        out["mcore"] = str(
-            save_hf_as_mcore(
-                hf_dir, config.mcore_dir, config.target_tensor_parallel_size,
-                config.target_pipeline_parallel_size, overwrite=True,
-            )
-        )  # fmt: skip
-    return out
+    if not config.mcore_dir:
+        return ExportResult(hf=hf_dir)
+    mcore = save_hf_as_mcore(hf_dir, config.mcore_dir, config.target_tensor_parallel_size,
+                             config.target_pipeline_parallel_size, overwrite=True)  # fmt: skip
+    return ExportResult(hf=hf_dir, mcore=str(mcore))

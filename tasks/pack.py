@@ -27,6 +27,7 @@ from packft.pack.options import PackOptions, plan_key
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.results import PlanResult, TokenizeResult, WriteResult
 from tasks.caching import FileRef, content_cache
+from tasks.results import PublishedVersion
 from tasks.serializer import SERIALIZER
 
 
@@ -126,7 +127,7 @@ def write(
         stats = write_dataset(local, [s.path for s in shards], plan.path, pinned, tokenizer=tok)
         _record_final_prefix(tmp / f"{name}.packft.json", final / name)
         digests = store.shard_sample_digests([s.path for s in shards])
-        info = {"name": name, "efficiency": stats.get("efficiency"), "rows": stats.get("rows")}
+        info = {"name": name, "efficiency": stats.efficiency, "rows": stats.rows}
         version = store.finalize_version(tmp, final, fingerprint, digests, info)
     except BaseException:
         store.abandon_version(tmp, final)
@@ -152,11 +153,11 @@ FORCE_PUBLISH_HINT = (
 @task(name="publish", persist_result=False)
 def publish(
     output_root: Path, version: str, keep_previous: int, gate: PublishGate, force: bool = False
-) -> dict[str, Any]:
+) -> PublishedVersion:
     """Move ``latest`` to ``version`` if ``gate`` lets it (or ``force``), diff, prune old ones."""
     try:
         result = store.publish(output_root, Path(version), keep_previous, gate=gate, force=force,
                                override=FORCE_PUBLISH_HINT)  # fmt: skip
     finally:
         store.release_version(Path(version))
-    return {**result.to_dict(), "latest": str(Path(output_root) / store.LATEST)}
+    return PublishedVersion(**result.model_dump(), latest=str(Path(output_root) / store.LATEST))

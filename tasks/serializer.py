@@ -27,12 +27,15 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect.serializers import Serializer
 from pydantic import BaseModel, Field, ValidationError
 
 from packft.core.durable import retire
+
+if TYPE_CHECKING:
+    from prefect.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +151,13 @@ class PackftJSONSerializer(Serializer):
         return decode(data)
 
 
-def check_record_bytes(content: bytes) -> None:
-    """Accept a stored Prefect result record only if it is ours, through and through.
+def check_record_bytes(content: bytes, expected: type[BaseModel] | None = None) -> None:
+    """Accept a stored Prefect result record only if it is ours, through and through, and (when
+    ``expected`` is given: the task's return type) holds that model, not an older shape of it.
 
     Raises:
-        RefusedResult: not a JSON record, another serializer named, or a refused payload.
+        RefusedResult: not a JSON record, another serializer named, a refused payload, or a
+            value that is not an ``expected``.
     """
     try:
         record = json.loads(content.decode("utf-8"))
@@ -167,11 +172,18 @@ def check_record_bytes(content: bytes) -> None:
     payload = record.get("result")
     if not isinstance(payload, str):
         raise RefusedResult("the record's result is not serialized text")
-    PackftJSONSerializer().loads(payload.encode())
+    value = PackftJSONSerializer().loads(payload.encode())
+    if expected is not None and not isinstance(value, expected):
+        raise RefusedResult(
+            f"the record holds a {type(value).__name__}, not a {expected.__name__} "
+            "(a result of an older shape)"
+        )
 
 
-def vet_record(result_store: Any, key: str) -> str:
+def vet_record(result_store: ResultStore, key: str, expected: type[BaseModel] | None = None) -> str:
     """Check the stored record of ``key`` before Prefect reads it; returns the key to use.
+
+    ``expected`` is the task's return model (:func:`check_record_bytes`).
 
     A refused record is moved aside (``<file>.refused``) and ``key`` is returned, so the task
     computes and writes a good record there. Where the storage is not a local directory the
@@ -190,7 +202,7 @@ def vet_record(result_store: Any, key: str) -> str:
     if not getattr(path, "is_file", lambda: False)():
         return key
     try:
-        check_record_bytes(path.read_bytes())
+        check_record_bytes(path.read_bytes(), expected)
     except RefusedResult as refused:
         aside = path.with_name(path.name + ".refused")
         try:
@@ -204,11 +216,13 @@ def vet_record(result_store: Any, key: str) -> str:
 
 
 def _allow_step_results() -> None:
+    from packft.dataset.stats import DatasetStats
     from packft.preprocess import results
+    from packft.train.summary import TrainSummary
 
     for model in (results.InputFile, results.TokenizerPin, results.RecordCounts,
                   results.ValidationResult, results.TokenizeResult, results.PlanResult,
-                  results.DatasetStats, results.WriteResult):  # fmt: skip
+                  DatasetStats, results.WriteResult, TrainSummary):  # fmt: skip
         allow(model)
 
 

@@ -5,7 +5,8 @@ crash-safe writes (:mod:`~packft.core.atomic`: temp file + fsync + rename, journ
 stages, built from :mod:`~packft.core.durable`, :mod:`~packft.core.writers` and
 :mod:`~packft.core.journal`), file digests (:mod:`~packft.core.digest`), fault-injection points
 for tests (:mod:`~packft.core.faults`), the pydantic <-> argparse/YAML bridge
-(:mod:`~packft.core.config`) and shared constants (:mod:`~packft.core.constants`).
+(:mod:`~packft.core.config`), the base of every typed step result (:mod:`~packft.core.results`)
+and shared constants (:mod:`~packft.core.constants`).
 """
 
 from packft.core.lazy import lazy_getattr
@@ -18,6 +19,7 @@ _LAZY = {
     "add_model_arguments": "config", "load_config": "config", "model_from_args": "config",
     "read_yaml": "config",
     "IGNORE_INDEX": "constants",
+    "Result": "results",
     "file_sha256": "digest",
     "ConfigError": "errors", "IntegrityError": "errors", "PackftError": "errors",
     "UsageError": "errors", "one_line": "errors",
@@ -32,6 +34,7 @@ __all__ = [
     "ConfigError",
     "IntegrityError",
     "PackftError",
+    "Result",
     "Stage",
     "UsageError",
     "add_model_arguments",

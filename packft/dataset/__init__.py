@@ -17,8 +17,7 @@ versioned set directories with an atomic ``latest`` (names and layout:
 behind :mod:`~packft.dataset.publish_gate`.
 """
 
-import importlib
-from typing import Any
+from packft.core.lazy import lazy_getattr
 
 # Names are imported on first use (PEP 562): checking a set on
 # disk (packft.dataset.integrity, .stats) does not pay for the writer, the store and pyarrow.
@@ -37,7 +36,8 @@ _LAZY = {
     "GateVerdict": "publish_gate",
     "PublishGate": "publish_gate",
     "PublishRefused": "publish_gate",
-    "RowStats": "rows",
+    "DatasetStats": "stats",
+    "RowStats": "stats",
     "write_sft_dataset": "rows",
     "PublishResult": "store",
     "current_version": "store",
@@ -46,11 +46,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'packft.dataset' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"packft.dataset.{module}"), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
@@ -59,6 +55,7 @@ __all__ = [
     "IndexedDataset",
     "PublishGate",
     "PublishRefused",
+    "DatasetStats",
     "PublishResult",
     "RowStats",
     "VerifiedDataset",

@@ -43,7 +43,6 @@ import contextlib
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,38 +53,13 @@ from packft.core.constants import IGNORE_INDEX
 from packft.core.errors import IntegrityError
 from packft.dataset.indexed import SFT_KEYS, IndexedDatasetWriter, sft_prefix
 from packft.dataset.integrity import plan_path, sidecar_path
+from packft.dataset.stats import RowStats
 from packft.pack.plan import PackPlan, lower_bound_rows
 
 if TYPE_CHECKING:
     from packft.tokenize.shards import TokenShards
 
-__all__ = ["RowStats", "write_sft_dataset"]
-
-
-@dataclass
-class RowStats:
-    """What the written dataset holds; goes into the sidecar and the CLI table."""
-
-    seq_length: int
-    rows: int = 0
-    items: int = 0
-    total_tokens: int = 0
-    supervised_tokens: int = 0
-    lower_bound_rows: int = 0
-    efficiency: float = 0.0
-    pad_fraction: float = 0.0
-    samples_per_row_mean: float = 0.0
-    samples_per_row_min: int = 0
-    samples_per_row_max: int = 0
-    samples_per_row_histogram: dict[str, int] = field(default_factory=dict)
-    sum_squared_lengths: int = 0
-    efficiency_padded_alone: float = 0.0
-    dropped: int = 0
-    truncated: int = 0
-    split: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["row_stats", "write_sft_dataset"]
 
 
 def write_sft_dataset(
@@ -151,7 +125,7 @@ def write_sft_dataset(
             plan.save_to(stage.open(plan_path(prefix)))
             stage.seal(plan_path(prefix))
             payload = dict(sidecar or {})
-            payload["stats"] = {**stats.to_dict(), **payload.get("stats", {})}  # caller's win
+            payload["stats"] = {**stats.model_dump(), **payload.get("stats", {})}  # caller's win
             if vocab_size is not None:
                 payload["vocab_size"] = int(vocab_size)
             payload["files"] = {

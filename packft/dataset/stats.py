@@ -18,7 +18,56 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
+from packft.core.results import Result
 from packft.pack.plan import PackPlan
+
+
+class RowStats(Result):
+    """What the rows of a written dataset hold (:func:`packft.dataset.rows.row_stats` fills it
+    while the plan is in memory); the first part of the sidecar's ``stats``."""
+
+    model_config = ConfigDict(frozen=False)  # filled field by field by ``row_stats``
+
+    seq_length: int
+    rows: int = 0
+    items: int = 0
+    total_tokens: int = 0
+    supervised_tokens: int = 0
+    lower_bound_rows: int = 0
+    efficiency: float = 0.0
+    pad_fraction: float = 0.0
+    samples_per_row_mean: float = 0.0
+    samples_per_row_min: int = 0
+    samples_per_row_max: int = 0
+    samples_per_row_histogram: dict[str, int] = Field(default_factory=dict)
+    sum_squared_lengths: int = 0
+    efficiency_padded_alone: float = 0.0
+    dropped: int = 0
+    truncated: int = 0
+    split: int = 0
+
+
+class DatasetStats(RowStats):
+    """The sidecar's ``stats``: the row figures plus the records' counts (:func:`merged_counts`:
+    read, valid, rejected per reason, repaired per kind; ``dropped``/``truncated``/``split`` then
+    count both the tokenize and the pack step). Field order is the sidecar's key order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    samples_in: int = 0
+    valid: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict)
+    rejected_total: int = 0
+    repaired: dict[str, int] = Field(default_factory=dict)
+    truncated_marker_lost: int = 0
+
+    @classmethod
+    def of(cls, rows: RowStats, counts: dict[str, Any]) -> DatasetStats:
+        """``rows`` with the merged counts on top (theirs win, as in the sidecar)."""
+        return cls.model_validate({**rows.model_dump(), **counts})
+
 
 TABLE_KEYS = (
     "samples_in", "valid", "rejected_total", "truncated", "truncated_marker_lost", "dropped",

@@ -36,14 +36,15 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
 from packft.core.atomic import Stage, atomic_write_bytes, atomic_writer
 from packft.core.durable import remove_tree
+from packft.core.results import Result
 from packft.dataset.publish_gate import PublishGate, PublishRefused
 from packft.dataset.store_layout import (
     MANIFEST,
@@ -201,19 +202,19 @@ def abandon_version(tmp: Path, final: Path) -> None:
 # --- publishing ---------------------------------------------------------------------------------
 
 
-@dataclass
-class PublishResult:
+class PublishResult(Result):
     """What a publish did: which version is live now, what it replaced, what was pruned."""
+
+    model_config = ConfigDict(frozen=False)  # filled in by ``publish`` as it goes
 
     current: str
     previous: str | None
     changed: bool
-    pruned: list[str] = field(default_factory=list)
-    diff: dict[str, Any] = field(default_factory=dict)
+    pruned: list[str] = Field(default_factory=list)
+    diff: dict[str, int | float | None] = Field(default_factory=dict)
+    """:func:`diff_versions` of the previous and the new version (empty when unchanged)."""
     gate: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    """The publish gate's verdict (:meth:`GateVerdict.to_dict`); None when no gate ran."""
 
 
 def publish(
@@ -273,7 +274,8 @@ def _publish_locked(
             "another run? re-run to rebuild it)"
         )
     before = current_version(root)
-    result = PublishResult(target.name, before.name if before else None, before != target)
+    result = PublishResult(current=target.name, previous=before.name if before else None,
+                           changed=before != target)  # fmt: skip
     outcome: PublishResult | PublishRefused = result
     if result.changed:
         result.diff = diff_versions(before, target)

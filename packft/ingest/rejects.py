@@ -23,12 +23,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from pydantic import Field
+
 from packft.core.atomic import Stage
+from packft.core.results import Result
 
 ON_INVALID = ("skip", "fail")
 
@@ -56,14 +58,14 @@ def format_reject(source: str, row: int, reason: str, detail: str) -> str:
     return f"{source}:{row + 1}: {reason}: {detail}"
 
 
-@dataclass
-class ValidationSummary:
-    """Counts for logging: records read, kept, rejected per reason code, repaired per kind."""
+class ValidationSummary(Result):
+    """Counts for logging: records read, kept, rejected per reason code, repaired per kind (the
+    one definition of these fields: ``packft.preprocess.RecordCounts`` derives from it)."""
 
     total: int
     valid: int
-    rejected: dict[str, int] = field(default_factory=dict)
-    repaired: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = Field(default_factory=dict)
+    repaired: dict[str, int] = Field(default_factory=dict)
 
     @property
     def num_rejected(self) -> int:
@@ -192,8 +194,8 @@ class RejectLog(AbstractContextManager["RejectLog"]):
     def summary(self) -> ValidationSummary:
         """Counts so far as a :class:`ValidationSummary`."""
         return ValidationSummary(
-            self.total,
-            self.valid,
-            dict(sorted(self.counts.items())),
-            dict(sorted(self.repaired.items())),
+            total=self.total,
+            valid=self.valid,
+            rejected=dict(sorted(self.counts.items())),
+            repaired=dict(sorted(self.repaired.items())),
         )

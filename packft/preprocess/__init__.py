@@ -17,10 +17,10 @@ hands to the next) and :mod:`~packft.preprocess.cli` (the command). What "the sa
 each step is its options object, derived from the config by ``PreprocessConfig.*_options()``.
 """
 
+from packft.dataset.stats import DatasetStats
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.inputs import rejects_path_for, validate_input, validate_source
 from packft.preprocess.results import (
-    DatasetStats,
     InputFile,
     PlanResult,
     RecordCounts,

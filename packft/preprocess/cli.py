@@ -30,11 +30,9 @@ def run(args: argparse.Namespace) -> int:
     result = preprocess(cfg, show_progress=True)
     rejects = Path(f"{result.prefix}.rejects.jsonl")
     title = f"{result.prefix} ({result.seconds:.1f} s)"
-    console.print(stats_table(result.stats, title, rejects_file=rejects))
-    print(
-        f"rejects: {result.stats.get('rejected_total', 0)} record(s) in {rejects}", file=sys.stderr
-    )
-    print(f"timings: {json.dumps(result.stats['seconds'])}", file=sys.stderr)
+    console.print(stats_table(result.stats.model_dump(), title, rejects_file=rejects))
+    print(f"rejects: {result.stats.rejected_total} record(s) in {rejects}", file=sys.stderr)
+    print(f"timings: {json.dumps(result.step_seconds)}", file=sys.stderr)
     if result.reused:
         print(f"output up to date: {result.prefix} (dataset {(result.dataset_key or '')[:12]}), "
               "nothing written", file=sys.stderr)  # fmt: skip

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.results import InputFile, RecordCounts, TokenizeResult, ValidationResult
+from packft.tokenize.counts import TokenCounts
 
 if TYPE_CHECKING:
     from packft.ingest.options import ValidateOptions
@@ -59,8 +60,7 @@ def shard_result(source: InputFile, shard: Path, key: str, stats: dict[str, Any]
     counts = RecordCounts(total=int(stats.get("samples_in", 0)), valid=int(stats.get("valid", 0)),
                           rejected=dict(stats.get("rejected") or {}),
                           repaired=dict(stats.get("repaired") or {}))  # fmt: skip
-    figures = ("truncated", "truncated_marker_lost", "dropped", "written", "tokens",
-               "supervised_tokens", "max_length")  # fmt: skip
+    figures = [name for name in TokenCounts.model_fields if name != "length_counts"]
     return TokenizeResult(
         file=source.label, sha256=source.sha256, shard=shard, shard_key=key,
         rejects=rejects_path_for(shard), counts=counts,

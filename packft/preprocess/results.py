@@ -14,17 +14,14 @@ takes the digest from the :class:`InputFile`. The Prefect tasks persist these mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from packft.core.results import Result
+from packft.dataset.stats import DatasetStats
 from packft.ingest.quality import InputCounts
-
-
-class Result(BaseModel):
-    """Base of the step results: immutable, and unknown fields are an error (no silent drift)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from packft.ingest.rejects import ValidationSummary
+from packft.tokenize.counts import TokenCounts
 
 
 class InputFile(Result):
@@ -68,17 +65,13 @@ class TokenizerPin(Result):
         return cls(path_or_id=str(path_or_id), sha256=tokenizer_fingerprint(path_or_id))
 
 
-class RecordCounts(Result):
-    """Records of one input (or of a run): read, valid, rejected per reason, repaired per kind."""
-
-    total: int
-    valid: int
-    rejected: dict[str, int] = Field(default_factory=dict)
-    repaired: dict[str, int] = Field(default_factory=dict)
+class RecordCounts(ValidationSummary):
+    """Records of one input (or of a run): read, valid, rejected per reason, repaired per kind
+    (the fields of :class:`packft.ingest.rejects.ValidationSummary`)."""
 
     @property
     def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+        return self.num_rejected
 
     @classmethod
     def summed(cls, items: list[RecordCounts]) -> RecordCounts:
@@ -120,21 +113,14 @@ class ValidationResult(InputResult):
     """One input file checked record by record (no tokenizing)."""
 
 
-class TokenizeResult(InputResult):
-    """One input file tokenized into one shard (or the shard reused), with its counts."""
+class TokenizeResult(TokenCounts, InputResult):
+    """One input file tokenized into one shard (or the shard reused), with its counts
+    (:class:`packft.tokenize.counts.TokenCounts`: ``length_counts`` is the length histogram,
+    counted while tokenizing)."""
 
     shard: Path
     shard_key: str
     """:func:`packft.tokenize.shard_key` (input, tokenizer, options, version): the shard's name."""
-    truncated: int = 0
-    truncated_marker_lost: int = 0
-    dropped: int = 0
-    written: int = 0
-    tokens: int = 0
-    supervised_tokens: int = 0
-    max_length: int = 0
-    length_counts: dict[int, int] = Field(default_factory=dict)
-    """Samples per length before any cut (the length histogram, counted while tokenizing)."""
     lengths_before_cut: bool = True
     """False for a shard from before ``length_counts`` existed: the stored (cut) lengths."""
 
@@ -158,34 +144,6 @@ class PlanResult(Result):
     memory)."""
 
 
-class DatasetStats(Result):
-    """What a written dataset holds: the sidecar's ``stats`` (tokenize + plan + row counts)."""
-
-    samples_in: int
-    valid: int
-    rejected: dict[str, int] = Field(default_factory=dict)
-    rejected_total: int = 0
-    repaired: dict[str, int] = Field(default_factory=dict)
-    truncated: int = 0
-    truncated_marker_lost: int = 0
-    dropped: int = 0
-    split: int = 0
-    seq_length: int
-    rows: int = 0
-    items: int = 0
-    total_tokens: int = 0
-    supervised_tokens: int = 0
-    lower_bound_rows: int = 0
-    efficiency: float = 0.0
-    pad_fraction: float = 0.0
-    samples_per_row_mean: float = 0.0
-    samples_per_row_min: int = 0
-    samples_per_row_max: int = 0
-    samples_per_row_histogram: dict[str, int] = Field(default_factory=dict)
-    sum_squared_lengths: int = 0
-    efficiency_padded_alone: float = 0.0
-
-
 class WriteResult(Result):
     """A dataset version written (or found): where it is and the sidecar's stats."""
 
@@ -193,5 +151,5 @@ class WriteResult(Result):
     """The version directory."""
     prefix: Path
     """``{version}/{name}``: the ``--data-path`` prefix of the written set."""
-    stats: dict[str, Any] = Field(default_factory=dict)
+    stats: DatasetStats
     """The sidecar's ``stats`` (:func:`packft.preprocess.write`'s figures)."""

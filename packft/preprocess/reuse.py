@@ -34,6 +34,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from packft.dataset.stats import DatasetStats
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.results import InputFile, TokenizerPin
 
@@ -48,9 +51,11 @@ class PreprocessResult:
 
     prefix: Path
     files: list[Path]
-    stats: dict[str, Any]
+    stats: DatasetStats
     shards: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each step (``fetch``, then ``tokenize``, ``plan``, ``write`` or ``check``)."""
     reused: bool = False
     dataset_key: str | None = None
 
@@ -84,7 +89,7 @@ def cached_plan(cfg: PreprocessConfig, key: str) -> Path:
 
 def reusable_output(
     cfg: PreprocessConfig, inputs: Sequence[InputFile], tokenizer: TokenizerPin
-) -> tuple[ExpectedKeys, dict[str, Any] | None]:
+) -> tuple[ExpectedKeys, DatasetStats | None]:
     """This run's keys and, when the set at ``cfg.prefix`` is exactly what it would write (see
     the module doc), that set's recorded stats; else None (the reason is logged at INFO)."""
     keys = expected_key(cfg, inputs, tokenizer)
@@ -92,7 +97,12 @@ def reusable_output(
     if why is not None:
         log.info("output %s is written again: %s", cfg.prefix, why)
         return keys, None
-    return keys, _read_sidecar(cfg.prefix)["stats"]
+    try:
+        return keys, DatasetStats.model_validate(_read_sidecar(cfg.prefix)["stats"])
+    except ValidationError as error:  # a sidecar this version did not write: write anew
+        log.info("output %s is written again: its stats are not this version's (%s)",
+                 cfg.prefix, error.errors()[0]["msg"])  # fmt: skip
+        return keys, None
 
 
 def _read_sidecar(prefix: Path) -> dict[str, Any]:

@@ -32,14 +32,19 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packft import __version__
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.inputs import rejects_path_for, shard_result
-from packft.preprocess.results import InputFile, PlanResult, TokenizeResult, TokenizerPin
+from packft.preprocess.results import (
+    DatasetStats,
+    InputFile,
+    PlanResult,
+    TokenizeResult,
+    TokenizerPin,
+)
 from packft.preprocess.reuse import KEY_CHARS, PreprocessResult
 from packft.tokenize.options import SHARD_FORMAT as _SHARD_FORMAT
 
@@ -129,7 +134,7 @@ def tokenize_to_shard(
         tokenizer_sha256=tokenizer.sha256,
     )  # fmt: skip
     seal(shard, [rejects])
-    return shard_result(source, shard, key, asdict(stats))
+    return shard_result(source, shard, key, stats.model_dump())
 
 
 def tokenize_input(
@@ -226,7 +231,7 @@ def write(
     loaded_plan: PackPlan | None = None,
     tokenizer: TokenizerPin | None = None,
     dataset_key: str | None = None,
-) -> dict[str, Any]:
+) -> DatasetStats:
     """Build rows and write the datasets, plan and sidecar; returns the sidecar's stats.
 
     ``loaded_plan`` is the plan of ``plan_file`` when the caller holds it in memory (just
@@ -306,7 +311,7 @@ def write(
                 stage=stage,
                 vocab_size=int(ids["vocab_size"]),
             )
-    return {**stats.to_dict(), **merged_counts(totals, the_plan)}
+    return DatasetStats.of(stats, merged_counts(totals, the_plan))
 
 
 def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> PreprocessResult:
@@ -317,7 +322,7 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
     Raises:
         packft.ingest.quality.QualityGateError: too few valid records (nothing is written).
 
-    ``result.stats["seconds"]`` holds the wall time of each step.
+    ``result.step_seconds`` holds the wall time of each step.
     """
     from packft.dataset.indexed import SFT_KEYS, sft_prefix
     from packft.dataset.integrity import journal_path, prepare_output
@@ -341,12 +346,10 @@ def preprocess(cfg: PreprocessConfig, *, show_progress: bool = False) -> Preproc
     keys, recorded = reusable_output(cfg, inputs, tokenizer)
     if recorded is not None and not (pending or cfg.overwrite_cache):
         lap("check")
-        stats = {**recorded, "seconds": seconds}
-        return PreprocessResult(cfg.prefix, files, stats, [], sum(seconds.values()), reused=True,
-                                dataset_key=keys.dataset_key)  # fmt: skip
+        return PreprocessResult(cfg.prefix, files, recorded, [], sum(seconds.values()), seconds,
+                                reused=True, dataset_key=keys.dataset_key)  # fmt: skip
     stats, paths = _tokenize_plan_write(cfg, inputs, tokenizer, show_progress, lap)
-    stats["seconds"] = seconds
-    return PreprocessResult(cfg.prefix, files, stats, paths, sum(seconds.values()),
+    return PreprocessResult(cfg.prefix, files, stats, paths, sum(seconds.values()), seconds,
                             dataset_key=keys.dataset_key)  # fmt: skip
 
 
@@ -356,7 +359,7 @@ def _tokenize_plan_write(
     tokenizer: TokenizerPin,
     show_progress: bool,
     lap: Callable[[str], None],
-) -> tuple[dict[str, Any], list[Path]]:
+) -> tuple[DatasetStats, list[Path]]:
     """The tokenize, quality gate, plan and write steps of :func:`preprocess`, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

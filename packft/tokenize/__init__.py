@@ -9,19 +9,20 @@ Modules: :mod:`~packft.tokenize.templates` (+ the data table
 :mod:`~packft.tokenize.template_table`) render a conversation into (source, target) pieces per
 turn; :mod:`~packft.tokenize.truncation` holds MindSpeed's and packft's marker-keeping cuts;
 :mod:`~packft.tokenize.batch` turns one batch into ids and labels (one Rust encode call);
+:mod:`~packft.tokenize.counts` names the sample counts a run keeps (``TokenCounts``);
 :mod:`~packft.tokenize.encode` streams batches through it, in one process or several;
 :mod:`~packft.tokenize.shards` writes and reads the shard format;
 :mod:`~packft.tokenize.options` is the one definition of "same tokenize work" (the options, the
 tokenizer fingerprint and the shard key that the CLI's shard cache and the Prefect task share).
 """
 
-import importlib
-from typing import Any
+from packft.core.lazy import lazy_getattr
 
 # Names are imported on first use (PEP 562): importing
 # packft.tokenize.options (the shard key of a cached re-run) does not pay for pyarrow and the encoder.
 _LAZY = {
     "TokenizeStats": "batch",
+    "TokenCounts": "counts",
     "tokenize_file": "encode",
     "SHARD_FORMAT": "options",
     "TokenizeOptions": "options",
@@ -40,11 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'packft.tokenize' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"packft.tokenize.{module}"), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
@@ -55,6 +52,7 @@ __all__ = [
     "ShardReader",
     "TokenShards",
     "TokenizeOptions",
+    "TokenCounts",
     "TokenizeStats",
     "get_template",
     "load_tokenizer",

@@ -47,15 +47,17 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import ConfigDict, Field
 
 from packft import __version__
 from packft.core.constants import IGNORE_INDEX
 from packft.ingest.records import Conversation
+from packft.tokenize.counts import TokenCounts
 from packft.tokenize.options import TokenizeOptions
 from packft.tokenize.shards import record_batch
 from packft.tokenize.string_cache import StringCache, encode_strings
@@ -89,35 +91,25 @@ class EncodedBatch:
         return record_batch(self.ids, self.labels, self.offsets, self.source_rows)
 
 
-@dataclass
-class TokenizeStats:
-    """Counts of one tokenize run (also stored in the shard; ``seconds`` is not)."""
+class TokenizeStats(TokenCounts):
+    """Counts of one tokenize run, filled as it goes (also stored in the shard; ``seconds`` is
+    not)."""
+
+    model_config = ConfigDict(frozen=False)
 
     samples_in: int = 0
     valid: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    repaired: dict[str, int] = field(default_factory=dict)
-    truncated: int = 0
-    truncated_marker_lost: int = 0
-    dropped: int = 0
-    written: int = 0
-    tokens: int = 0
-    supervised_tokens: int = 0
-    max_length: int = 0
-    length_counts: dict[int, int] = field(default_factory=dict)
-    """Samples per length before truncation (eod included), dropped samples too: the
-    length plot shows what the data was, not what the cut left (absent in older shards)."""
+    rejected: dict[str, int] = Field(default_factory=dict)
+    repaired: dict[str, int] = Field(default_factory=dict)
     template: str = ""
     tokenizer_sha256: str = ""
     input_sha256: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
     packft_version: str = __version__
     seconds: float = 0.0
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("seconds")
-        return json.dumps(data, sort_keys=True)
+        return json.dumps(self.model_dump(exclude={"seconds"}), sort_keys=True)
 
 
 # --- batch encoding ----------------------------------------------------------------------------

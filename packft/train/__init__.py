@@ -7,7 +7,8 @@ In: a :class:`~packft.train.config.TrainConfig` naming a set written by :mod:`pa
 
 Modules: :mod:`~packft.train.config` (the options; no torch), :mod:`~packft.train.engine`
 (:func:`train`: checks the settings and runs the engine they name; what the CLI and the flows
-call), :mod:`~packft.train.cli` (``packft train``), :mod:`~packft.train.loop` (the native step loop),
+call), :mod:`~packft.train.summary` (the run summary as a typed result; no torch),
+:mod:`~packft.train.cli` (``packft train``), :mod:`~packft.train.loop` (the native step loop),
 :mod:`~packft.train.data` (rows -> segments, positions, loss weights; the sampler),
 :mod:`~packft.train.attention` (varlen attention per sample), :mod:`~packft.train.device`
 (NPU/CUDA/CPU), :mod:`~packft.train.state` (what the loop and the checkpoints share),

@@ -34,7 +34,7 @@ def conversations(path: Path, fmt: str, map_keys=None, batch_size: int = 64):
 def test_alpaca_en_all_valid_with_mindspeed_user_turn(alpaca_en_path: Path) -> None:
     raw = json.loads(alpaca_en_path.read_text(encoding="utf-8"))
     convs, summary = conversations(alpaca_en_path, "AlpacaStyleInstructionHandler")
-    assert summary == ValidationSummary(999, 999, {})
+    assert summary == ValidationSummary(total=999, valid=999, rejected={})
     for row, conv in enumerate(convs):
         record = raw[row]
         assert (conv.source, conv.row) == (str(alpaca_en_path), row)
@@ -80,7 +80,7 @@ def test_fastchat_system_prompts(sharegpt_system_path: Path) -> None:
 def test_openai_cookbook_messages(openai_messages_path: Path, tmp_path: Path) -> None:
     rejects = tmp_path / "rejects.jsonl"
     summary = validate_file(openai_messages_path, "OpenAIInstructionHandler", None, rejects)
-    assert summary == ValidationSummary(5, 4, {"roles_not_alternating": 1})
+    assert summary == ValidationSummary(total=5, valid=4, rejected={"roles_not_alternating": 1})
     [line] = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert (line["row"], line["reason"]) == (3, "roles_not_alternating")  # system + assistant only
     convs, _ = conversations(openai_messages_path, "openai")
@@ -311,7 +311,9 @@ def test_rejects_file_lists_each_record_with_source_and_row(tmp_path: Path) -> N
     data = write_rows(tmp_path / "d.jsonl", ROWS)
     rejects = tmp_path / "out" / "rejects.jsonl"
     summary = validate_file(data, "alpaca", None, rejects, batch_size=2)
-    assert summary == ValidationSummary(5, 3, {"empty_answer": 1, "missing_field": 1})
+    assert summary == ValidationSummary(
+        total=5, valid=3, rejected={"empty_answer": 1, "missing_field": 1}
+    )
     assert str(summary) == "5 records: 3 valid, 2 rejected (empty_answer=1, missing_field=1)"
     lines = [json.loads(x) for x in rejects.read_text().splitlines()]
     assert [(x["row"], x["reason"]) for x in lines] == [(1, "empty_answer"), (3, "missing_field")]
@@ -335,7 +337,9 @@ def test_no_rejects_means_no_file_and_stale_one_removed(tmp_path: Path) -> None:
     data = write_rows(tmp_path / "d.jsonl", [ROWS[0], ROWS[2]])
     rejects = tmp_path / "rejects.jsonl"
     rejects.write_text("stale\n")
-    assert validate_file(data, "alpaca", None, rejects) == ValidationSummary(2, 2, {})
+    assert validate_file(data, "alpaca", None, rejects) == ValidationSummary(
+        total=2, valid=2, rejected={}
+    )
     assert not rejects.exists()
 
 
@@ -356,7 +360,7 @@ def test_undecodable_bytes_are_one_reject_not_a_crash(tmp_path: Path) -> None:
     )
     rejects = tmp_path / "rejects.jsonl"
     summary = validate_file(data, "alpaca", None, rejects)
-    assert summary == ValidationSummary(3, 2, {"invalid_text": 1})
+    assert summary == ValidationSummary(total=3, valid=2, rejected={"invalid_text": 1})
     line = json.loads(rejects.read_text(encoding="utf-8"))  # the rejects file stays valid UTF-8
     assert line["row"] == 1 and line["record"]["instruction"] == "bad \udcff\udcfe"
 
@@ -365,7 +369,7 @@ def test_broken_json_line_is_rejected_with_its_row(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "ok", "output": "a"}\n{"instruction": \n')
     summary = validate_file(data, "alpaca", None, tmp_path / "r.jsonl")
-    assert summary == ValidationSummary(2, 1, {"invalid_json": 1})
+    assert summary == ValidationSummary(total=2, valid=1, rejected={"invalid_json": 1})
 
 
 def test_csv_sharegpt_with_json_text_conversations(tmp_path: Path) -> None:
@@ -384,7 +388,7 @@ def test_iter_conversations_keeps_row_numbers_across_batches(tmp_path: Path) -> 
     kept = [c.row for b in batches for c in b]
     assert kept == [i for i in range(23) if i % 5]
     assert all(c.messages[0].content == f"q{c.row}" for b in batches for c in b)
-    assert log.summary() == ValidationSummary(23, 18, {"empty_answer": 5})
+    assert log.summary() == ValidationSummary(total=23, valid=18, rejected={"empty_answer": 5})
 
 
 def test_wrong_handler_or_mistyped_key_fails_before_rejecting_everything(

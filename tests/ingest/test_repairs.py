@@ -316,8 +316,8 @@ def test_flow_logs_repairs_and_marker_loss_to_mlflow(
     assert sum(shard.length_counts.values()) == 12  # the histogram, counted while tokenizing
     store = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = make_tracker(store, "unit-repairs", "flow")
-    assert log_validation(tracker, [check])["repaired"] == _repaired()
-    assert log_tokenize(tracker, [shard])["repaired"] == _repaired()
+    assert log_validation(tracker, [check]).repaired == _repaired()
+    assert log_tokenize(tracker, [shard]).repaired == _repaired()
     tracker.close()
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([tracker.experiment_id],

@@ -31,11 +31,11 @@ def test_dask_local_cluster_matches_threads(
     environ = dict(os.environ)
     with ChildProcessWatch() as watch:
         first = pack_dataset(config=on_dask)
-    assert first["states"]["tokenize"] == ["Completed", "Completed"]
-    assert first["stats"]["valid"] == 120
+    assert first.states["tokenize"] == ["Completed", "Completed"]
+    assert first.stats.valid == 120
     again = pack_dataset(config=cfg)  # threads: the cache does not depend on the runner
-    assert again["states"]["tokenize"] == ["Cached", "Cached"]
-    assert again["version"] == first["version"] and not again["changed"]
+    assert again.states["tokenize"] == ["Cached", "Cached"]
+    assert again.version == first.version and not again.changed
 
     assert len(watch.seen) >= 2 and watch.listening, (watch.seen, watch.listening)  # 2 workers
     assert all(loopback(ip) for _, ip in watch.listening), watch.listening

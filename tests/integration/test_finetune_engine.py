@@ -105,13 +105,13 @@ def test_finetune_flow_with_engine_mindspeed_runs_posttrain(
     assert {"--is-instruction-dataset", "--reset-attention-mask", "--finetune"} <= set(argv)
     assert call["env"] == {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "RANK": "0", "WORLD_SIZE": "1",
                            "LOCAL_RANK": "0"}  # fmt: skip
-    summary = result["train"]
-    assert summary["engine"] == "mindspeed" and summary["returncode"] == 0
-    assert (summary["steps"], summary["first_loss"], summary["final_loss"]) == (3, 1.75, 1.25)
+    summary = result.train
+    assert summary.engine == "mindspeed" and summary.returncode == 0
+    assert (summary.steps, summary.first_loss, summary.final_loss) == (3, 1.75, 1.25)
     assert not (tmp_path / "save" / "checkpoints").exists()  # the native loop never started
 
     client = MlflowClient(tracking_uri=mlflow_uri)
-    root = client.get_run(result["mlflow_run_id"])
+    root = client.get_run(result.mlflow_run_id)
     runs = client.search_runs([root.info.experiment_id], "attributes.run_name = 'trainer'")
     trainer = max(runs, key=lambda r: r.info.start_time)
     losses = [m.value for m in client.get_metric_history(trainer.info.run_id, "train/loss")]

@@ -40,14 +40,14 @@ def test_pack_flow_logs_to_mlflow_server(
 
     exp = rest(mlflow_server, "experiments/get-by-name", experiment_name="pack-dataset")
     exp_id = exp["experiment"]["experiment_id"]
-    run = rest(mlflow_server, "runs/get", run_id=summary["mlflow_run_id"])["run"]
+    run = rest(mlflow_server, "runs/get", run_id=summary.mlflow_run_id)["run"]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert params["preprocess.prompt_type"] == "llama2" and params["preprocess.seq_length"] == "512"
-    assert metrics["data/seq_utilization"] == pytest.approx(summary["stats"]["efficiency"])
-    assert metrics["data/rows"] == summary["stats"]["rows"] and metrics["data/samples_valid"] == 60
-    assert tags["prefect.flow_run_id"] == summary["flow_run_id"]
+    assert metrics["data/seq_utilization"] == pytest.approx(summary.stats.efficiency)
+    assert metrics["data/rows"] == summary.stats.rows and metrics["data/samples_valid"] == 60
+    assert tags["prefect.flow_run_id"] == summary.flow_run_id
     (dataset,) = run["inputs"]["dataset_inputs"]
     assert dataset["dataset"]["digest"] and dataset["dataset"]["source_type"] == "local"
 

@@ -65,18 +65,18 @@ def test_cache_then_incremental_change(
 
     cfg = pack_config(fresh_inputs[0].parent, tmp_path)
     first = pack_dataset(config=cfg)
-    assert first["changed"] and first["states"]["tokenize"] == ["Completed"] * 3
-    prefix = Path(first["latest"])
+    assert first.changed and first.states["tokenize"] == ["Completed"] * 3
+    prefix = Path(first.latest)
     for key in ("input_ids", "attention_mask", "labels"):
         assert Path(f"{prefix}_packed_{key}_document.bin").stat().st_size > 0
-    assert first["stats"]["efficiency"] > 0.9
-    sidecar = json.loads(Path(f"{first['prefix']}.packft.json").read_text())
-    assert sidecar["config"]["output_prefix"] == first["prefix"]  # not the temporary build dir
+    assert first.stats.efficiency > 0.9
+    sidecar = json.loads(Path(f"{first.prefix}.packft.json").read_text())
+    assert sidecar["config"]["output_prefix"] == first.prefix  # not the temporary build dir
 
     second = pack_dataset(config=cfg)
-    assert not second["changed"] and second["version"] == first["version"]
-    assert "nothing changed" in second["headline"]
-    recorded = recorded_states(second["flow_run_id"])
+    assert not second.changed and second.version == first.version
+    assert "nothing changed" in second.headline
+    recorded = recorded_states(second.flow_run_id)
     assert recorded == Counter(
         {"validate:Cached": 3, "tokenize:Cached": 3, "pack:Cached": 1, "write:Cached": 1,
          "download:Completed": 1, "quality-gate:Completed": 1, "publish:Completed": 1,
@@ -87,26 +87,26 @@ def test_cache_then_incremental_change(
     new_row = {"instruction": "Name a prime.", "input": "", "output": "Seven is prime."}
     fresh_inputs[1].write_text(json.dumps(rows[5:] + [new_row]))  # 5 removed, 1 added
     third = pack_dataset(config=cfg)
-    assert third["states"]["tokenize"] == ["Cached", "Completed", "Cached"]
-    assert third["states"]["validate"] == ["Cached", "Completed", "Cached"]
-    assert third["states"]["pack"] == ["Completed"] and third["states"]["write"] == ["Completed"]
-    assert third["changed"] and third["version"] != first["version"]
-    assert third["diff"]["samples_added"] == 1 and third["diff"]["samples_removed"] == 5
-    assert third["diff"]["samples_before"] == 180 and third["diff"]["samples_after"] == 176
-    assert Path(third["latest"]).parent.resolve() == Path(third["version"]).resolve()
-    (artifact,) = flow_artifacts(third["flow_run_id"])
+    assert third.states["tokenize"] == ["Cached", "Completed", "Cached"]
+    assert third.states["validate"] == ["Cached", "Completed", "Cached"]
+    assert third.states["pack"] == ["Completed"] and third.states["write"] == ["Completed"]
+    assert third.changed and third.version != first.version
+    assert third.diff["samples_added"] == 1 and third.diff["samples_removed"] == 5
+    assert third.diff["samples_before"] == 180 and third.diff["samples_after"] == 176
+    assert Path(third.latest).parent.resolve() == Path(third.version).resolve()
+    (artifact,) = flow_artifacts(third.flow_run_id)
     assert artifact.key == "pack-dataset-summary" and artifact.type == "markdown"
-    assert "| efficiency |" in artifact.data and third["latest"] in artifact.data
-    assert third["mlflow_run_id"] in artifact.data
+    assert "| efficiency |" in artifact.data and third.latest in artifact.data
+    assert third.mlflow_run_id in artifact.data
 
     client = MlflowClient(tracking_uri=mlflow_uri)
-    run = client.get_run(third["mlflow_run_id"])
-    assert run.data.tags["prefect.flow_run_id"] == third["flow_run_id"]
+    run = client.get_run(third.mlflow_run_id)
+    assert run.data.tags["prefect.flow_run_id"] == third.flow_run_id
     assert run.data.tags["prefect.deployment"] == "none"
     assert run.data.params["preprocess.seq_length"] == "512"
-    assert run.data.metrics["data/seq_utilization"] == pytest.approx(third["stats"]["efficiency"])
+    assert run.data.metrics["data/seq_utilization"] == pytest.approx(third.stats.efficiency)
     assert run.data.metrics["data/samples_removed"] == 5
-    assert run.data.params["stats.lower_bound_rows"] == str(third["stats"]["lower_bound_rows"])
+    assert run.data.params["stats.lower_bound_rows"] == str(third.stats.lower_bound_rows)
     # only the named data/ and publish/ figures are metrics; every other number is a param
     assert set(run.data.metrics) <= {*metric_names.DATA.values(), *metric_names.PUBLISH.values()}
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -133,9 +133,7 @@ def test_dead_tracking_server_does_not_fail_the_flow(
     dead = cfg.run.model_copy(update={"tracking_uri": "http://127.0.0.1:1/flow"})
     with caplog.at_level("WARNING", logger="packft.track.tracking"):
         summary = pack_dataset(config=cfg.model_copy(update={"run": dead}))
-    assert (
-        summary["changed"] and summary["stats"]["valid"] == 60 and summary["mlflow_run_id"] is None
-    )
+    assert summary.changed and summary.stats.valid == 60 and summary.mlflow_run_id is None
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "packft.track.tracking"]
     assert "unreachable" in warning and "Prefect artifact" in warning
     required = dead.model_copy(update={"tracking_required": True})
@@ -156,11 +154,11 @@ def test_failed_run_resumes_from_cache(
     assert failed.is_failed()
     blocker.unlink()
     resumed = pack_dataset(config=cfg)
-    assert resumed["states"]["tokenize"] == ["Cached"] * 3
-    assert resumed["states"]["validate"] == ["Cached"] * 3
-    assert resumed["states"]["pack"] == ["Cached"]
-    assert resumed["states"]["write"] == ["Completed"]
-    assert resumed["mlflow_run_id"] is None  # tracking off: NullTracker all the way
+    assert resumed.states["tokenize"] == ["Cached"] * 3
+    assert resumed.states["validate"] == ["Cached"] * 3
+    assert resumed.states["pack"] == ["Cached"]
+    assert resumed.states["write"] == ["Completed"]
+    assert resumed.mlflow_run_id is None  # tracking off: NullTracker all the way
 
 
 def test_corrupt_cached_shard_and_plan_are_rebuilt_not_reused(
@@ -179,11 +177,11 @@ def test_corrupt_cached_shard_and_plan_are_rebuilt_not_reused(
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
     second = pack_dataset(config=cfg)
-    assert sorted(second["states"]["tokenize"]) == ["Cached", "Cached", "Completed"]
-    assert second["states"]["pack"] == ["Completed"] and second["states"]["write"] == ["Cached"]
-    assert not second["changed"] and second["version"] == first["version"]
+    assert sorted(second.states["tokenize"]) == ["Cached", "Cached", "Completed"]
+    assert second.states["pack"] == ["Completed"] and second.states["write"] == ["Cached"]
+    assert not second.changed and second.version == first.version
     assert check_seal(shard) is None and check_seal(plan) is None  # rebuilt, intact again
-    open_verified(second["latest"], full=True)  # the published set was never touched
+    open_verified(second.latest, full=True)  # the published set was never touched
 
 
 def test_invalid_record_fails_without_retry(
@@ -247,13 +245,13 @@ def test_download_retries_then_refetches(
         cfg = pack_config(f"{base}/data/part0.json", tmp_path)
         first = pack_dataset(config=cfg)
         assert FlakyHandler.seen == 3  # two 503s, then the file
-        assert first["states"]["download"] == ["Completed"] and first["stats"]["valid"] == 60
+        assert first.states["download"] == ["Completed"] and first.stats.valid == 60
         nightly = cfg.model_copy(
             update={"run": cfg.run.model_copy(update={"refresh_sources": True})}
         )
         second = pack_dataset(config=nightly)
         assert FlakyHandler.seen == 4  # re-fetched, same bytes
-        assert not second["changed"] and second["states"]["tokenize"] == ["Cached"]
+        assert not second.changed and second.states["tokenize"] == ["Cached"]
 
 
 def test_retry_policy_classifies_errors() -> None:
@@ -392,5 +390,5 @@ def test_quality_gate_fails_the_run_before_anything_is_written(
     assert not any(
         key.split(":")[0] in ("tokenize", "pack", "write", "publish") for key in recorded
     )
-    assert (cfg.output_root / "latest").resolve() == latest == Path(first["version"]).resolve()
+    assert (cfg.output_root / "latest").resolve() == latest == Path(first.version).resolve()
     assert sorted(p.name for p in (cfg.output_root / "versions").iterdir()) == versions

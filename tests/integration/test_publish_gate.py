@@ -95,7 +95,7 @@ def test_gate_refuses_regressions_and_the_override_publishes(
     cfg = pack_config(fresh_inputs[0].parent, tmp_path)
     latest = cfg.output_root / "latest"
     first = pack_dataset(config=cfg)
-    assert first["changed"] and first["stats"]["valid"] == 180
+    assert first.changed and first.stats.valid == 180
     good = os.readlink(latest)
 
     # same samples, packed in input order: ~21 points less efficient (0.98 -> 0.77)
@@ -120,11 +120,11 @@ def test_gate_refuses_regressions_and_the_override_publishes(
     # the override publishes exactly the refused version (not rebuilt) and says it was forced
     forced_run = cfg.run.model_copy(update={"force_publish": True})
     forced = pack_dataset(config=cfg.model_copy(update={"run": forced_run}))
-    assert forced["changed"] and forced["version"] == refused["version"]
-    assert forced["states"]["write"] == ["Cached"]
+    assert forced.changed and forced.version == refused["version"]
+    assert forced.states["write"] == ["Cached"]
     assert latest.resolve() == Path(refused["version"]).resolve()
-    run = client.get_run(forced["mlflow_run_id"])
+    run = client.get_run(forced.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["packft.publish"] == "forced"
     assert run.data.metrics["data/samples_removed"] == 110
-    (artifact,) = flow_artifacts(forced["flow_run_id"])
+    (artifact,) = flow_artifacts(forced.flow_run_id)
     assert "FORCED past: removes 110 of 180 samples" in artifact.data

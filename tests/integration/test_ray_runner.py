@@ -56,11 +56,11 @@ def test_ray_local_instance_matches_threads(
         first = pack_dataset(config=on_ray)
     ray_seconds = time.monotonic() - started
     print(f"ray flow run: {ray_seconds:.1f} s, {len(watch.seen)} processes")
-    assert first["states"]["tokenize"] == ["Completed", "Completed"]
-    assert first["stats"]["valid"] == 120
+    assert first.states["tokenize"] == ["Completed", "Completed"]
+    assert first.stats.valid == 120
     again = pack_dataset(config=cfg)  # threads: the cache does not depend on the runner
-    assert again["states"]["tokenize"] == ["Cached", "Cached"]
-    assert again["version"] == first["version"] and not again["changed"]
+    assert again.states["tokenize"] == ["Cached", "Cached"]
+    assert again.version == first.version and not again.changed
 
     names = {name for name, _ in watch.listening}
     assert {"gcs_server", "raylet"} <= names, watch.listening  # Ray really ran here

@@ -183,12 +183,12 @@ def test_bfd_to_ffd_reuses_tokenization_in_the_flow(
     cfg = pack_config(fresh_inputs[0].parent, tmp_path, pack_algorithm="bfd", neat_pack=False)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": False})})
     first = pack_dataset(config=cfg)
-    assert first["states"]["tokenize"] == ["Completed"] * 3
+    assert first.states["tokenize"] == ["Completed"] * 3
     ffd = cfg.model_copy(
         update={"preprocess": cfg.preprocess.model_copy(update={"pack_algorithm": "ffd"})}
     )
     second = pack_dataset(config=ffd)
-    recorded = recorded_states(second["flow_run_id"])
+    recorded = recorded_states(second.flow_run_id)
     assert recorded["tokenize:Cached"] == 3 and recorded["validate:Cached"] == 3
     assert recorded["pack:Completed"] == 1 and recorded["tokenize:Completed"] == 0
     shards = list((tmp_path / "work" / "shards").glob("*.arrow"))

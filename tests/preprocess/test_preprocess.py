@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from packft.cli import main
+from packft.dataset.stats import DatasetStats
 from packft.pack.plan import PackPlan
 from packft.preprocess.config import PreprocessConfig
 from packft.preprocess.inputs import validate_input
@@ -94,6 +95,14 @@ def segments(ids: np.ndarray, mask: np.ndarray, labels: np.ndarray):
         out.append((ids[where], labels[where]))
     assert np.all(mask[mask.astype(bool).sum() :] == 0)  # padding only at the end
     return out
+
+
+def test_sidecar_stats_are_the_typed_stats(alpaca_neat: Path) -> None:
+    """One field list: the sidecar's ``stats`` are :class:`DatasetStats`, keys in field order."""
+    stats = json.loads(Path(f"{alpaca_neat}.packft.json").read_text())["stats"]
+    assert list(stats) == list(DatasetStats.model_fields)
+    typed = DatasetStats.model_validate(stats)
+    assert typed.model_dump() == stats and typed.valid == stats["valid"] > 0
 
 
 @pytest.mark.parametrize("which", ["alpaca_neat", "sharegpt_neat"])
@@ -196,11 +205,11 @@ def test_overlong_policies_counted(tmp_path: Path, alpaca_en_path: Path, cache: 
         counts[policy] = result.stats
         lengths = [len(x) for x in read_sft(tmp_path / policy)["input_ids"]]
         assert set(lengths) == {256}
-    unsplit = counts["split"]["total_tokens"]
-    assert counts["drop"]["dropped"] > 0 and counts["drop"]["valid"] == 999
-    assert counts["split"]["split"] == counts["drop"]["dropped"] - counts["split"]["dropped"]
-    assert counts["truncate"]["truncated"] > 0 and counts["truncate"]["dropped"] == 0
-    assert counts["truncate"]["total_tokens"] < unsplit and counts["split"]["dropped"] == 0
+    unsplit = counts["split"].total_tokens
+    assert counts["drop"].dropped > 0 and counts["drop"].valid == 999
+    assert counts["split"].split == counts["drop"].dropped - counts["split"].dropped
+    assert counts["truncate"].truncated > 0 and counts["truncate"].dropped == 0
+    assert counts["truncate"].total_tokens < unsplit and counts["split"].dropped == 0
     idx = (tmp_path / "split_packed_input_ids_document.idx").read_bytes()
     assert struct.unpack("<B", idx[17:18])[0] == 8  # --dtype optimal: uint16 for a 32000 vocab
 
@@ -244,8 +253,8 @@ def test_invalid_records_are_counted_and_kept(tmp_path: Path, cache: Path) -> No
     summary = validate_input(data, cfg)
     assert (summary.total, summary.valid) == (3, 2)
     result = preprocess(cfg)
-    assert result.stats["samples_in"] == 3 and result.stats["valid"] == 2
-    assert result.stats["rejected_total"] == 1
+    assert result.stats.samples_in == 3 and result.stats.valid == 2
+    assert result.stats.rejected_total == 1
     rejects = (tmp_path / "o.rejects.jsonl").read_text().splitlines()
     assert len(rejects) == 1 and json.loads(rejects[0])["row"] == 1
     assert read_sft(tmp_path / "o")["input_ids"][0].shape == (64,)
@@ -280,7 +289,7 @@ def test_quality_gate_fails_before_writing_and_keeps_the_previous_dataset(
     assert after == before  # nothing written: the previous dataset, sidecar and rejects stay
     assert main(seed_args(data, tmp_path / "o", cache)) == 1  # the CLI: exit 1
     lenient = preprocess(cfg.model_copy(update={"min_valid_fraction": 0.25}))
-    assert lenient.stats["valid"] == 1 and lenient.stats["rejected"] == {"empty_answer": 3}
+    assert lenient.stats.valid == 1 and lenient.stats.rejected == {"empty_answer": 3}
 
 
 def test_overlong_flag_mapping(tmp_path: Path) -> None:
@@ -354,7 +363,7 @@ def test_write_takes_tokenizer_ids_from_shards(tmp_path: Path, alpaca_en_path: P
     stats = write(gone, [shard], plan(cfg, [shard]))
     data = read_sft(tmp_path / "a")
     assert data["input_ids"][0].dtype == np.dtype("<u2") and data["input_ids"][0][-1] == 2
-    assert stats["rows"] == len(data["input_ids"])
+    assert stats.rows == len(data["input_ids"])
     # a shard from before the header held the ids: write loads the tokenizer (and needs it)
     old = tmp_path / "old.arrow"
     with TokenShards([shard]) as shards:

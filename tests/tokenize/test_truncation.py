@@ -202,9 +202,9 @@ def test_preprocess_counts_marker_loss_only_in_mindspeed_mode(tmp_path: Path) ->
             cut |= kept_s < s  # every llama2 prompt ends with "[/INST]"
             total += kept_s + min(t, max_t)
         lost += cut
-    assert drop.stats["truncated_marker_lost"] == lost > 0
+    assert drop.stats.truncated_marker_lost == lost > 0
     trunc = preprocess(PreprocessConfig(**base, output_prefix=str(tmp_path / "t")))
-    assert trunc.stats["truncated"] > 0 and trunc.stats["truncated_marker_lost"] == 0
+    assert trunc.stats.truncated > 0 and trunc.stats.truncated_marker_lost == 0
     for shard in trunc.shards:
         reader = ShardReader(shard)
         for i in range(reader.num_samples):
