@@ -244,7 +244,11 @@ def row_stats(plan: PackPlan, seq_length: int, pack: bool, supervised: int) -> R
         )
         counts = np.bincount(per_row)
         stats.samples_per_row_histogram = {str(k): int(c) for k, c in enumerate(counts) if c}
-    stats.sum_squared_lengths = int(np.square(plan.lengths, dtype=np.int64).sum())  # one int64 temp
+    step = 1 << 20  # int64 squares a million at a time: no 8-bytes-per-sample temporary
+    stats.sum_squared_lengths = sum(
+        int(np.square(plan.lengths[k : k + step], dtype=np.int64).sum())
+        for k in range(0, len(plan.lengths), step)
+    )
     stats.efficiency_padded_alone = (
         total / (len(plan.items) * seq_length) if len(plan.items) else 0.0
     )

@@ -198,7 +198,9 @@ def plan_shards(
     if the_plan is None:
         with TokenShards(list(shard_paths)) as shards:
             lengths = shards.lengths
+        del shards  # the planner needs only the lengths (4 of the reader's 12 bytes per sample)
         the_plan = options.plan(lengths)
+        del lengths
         unseal(out)
         the_plan.save(out)
         seal(out)
