@@ -103,6 +103,30 @@ def test_token_shards_keep_twelve_bytes_per_sample(shards) -> None:
     assert [reader.path_of(i).name for i in (0, 39, 40, 90)] == ["a.arrow"] * 2 + ["b.arrow"] * 2
 
 
+@pytest.mark.parametrize("window", [1, 2, 64])
+def test_a_shard_is_scanned_through_a_fresh_map_per_window(shards, monkeypatch, window) -> None:
+    """Pages read through one map stay in the RSS until it goes: the scan maps each shard again
+    every SCAN_WINDOW batches, and what it finds does not depend on the window."""
+    import math
+
+    import packft.tokenize.shards as shard_module
+
+    reader, samples = shards
+    maps: list[str] = []
+    real_map = pa.memory_map
+    monkeypatch.setattr(shard_module, "SCAN_WINDOW", window)
+    monkeypatch.setattr(pa, "memory_map", lambda path, *a: maps.append(path) or real_map(path, *a))
+    with TokenShards(reader.paths) as again:
+        assert again.lengths.tolist() == reader.lengths.tolist()
+        assert all(
+            np.array_equal(x, y) for x, y in zip(again.read(90), reader.read(90), strict=True)
+        )
+        assert [again.read(i)[0].tolist() for i in range(len(samples))] == [s[0] for s in samples]
+    for path in reader.paths:
+        batches = pa.ipc.open_file(str(path)).num_record_batches - 1  # the last holds the stats
+        assert maps.count(str(path)) == math.ceil(batches / window)
+
+
 def test_unfinished_foreign_and_failed_shards(tmp_path: Path) -> None:
     # header but no trailing stats batch: what a killed writer without the rename would leave
     half = tmp_path / "half.arrow"
