@@ -185,8 +185,8 @@ def _scan(path: Path, shard: int) -> tuple[dict, dict, list[tuple[_Batch, np.nda
 
     The shard is mapped afresh every :data:`SCAN_WINDOW` batches: each page read through a map
     brings its cached neighbours along (the kernel's fault-around) and all of them count toward
-    the RSS until the map goes, which made the scan of a 1.6M-sample shard peak ~110 MiB above
-    its result; per window it is a few MiB, whatever the shard's size.
+    the RSS until the map goes: one map over a shard of millions of samples grew by over 100 MiB
+    (README, Benchmarks); per window it is a few MiB, whatever the shard's size.
     """
     source, reader, header, stats = _open(path)
     count = reader.num_record_batches - 1
