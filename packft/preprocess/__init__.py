@@ -7,7 +7,7 @@ unchanged: ``--input --tokenizer-name-or-path --output-prefix --workers --log-in
 --neat-pack --append-eod --seq-length --map-keys``, plus ``--pack-algorithm --pack-seed --mix
 --overlong --dtype --on-invalid --repair --cache-dir --min-valid-fraction --max-record-bytes``).
 Out: the dataset set of :mod:`packft.dataset` at ``--output-prefix``, the rejects file, and a
-:class:`~packft.preprocess.reuse.PreprocessResult` (files, stats, per-step seconds).
+:class:`~packft.preprocess.results.PreprocessResult` (files, stats, per-step seconds).
 
 Modules: :mod:`~packft.preprocess.config` (the options, checked at once),
 :mod:`~packft.preprocess.steps` (fetch, tokenize, quality gate, plan, write: the
@@ -23,6 +23,7 @@ from packft.preprocess.inputs import rejects_path_for, validate_input, validate_
 from packft.preprocess.results import (
     InputFile,
     PlanResult,
+    PreprocessResult,
     RecordCounts,
     TokenizeResult,
     TokenizerPin,
@@ -30,7 +31,6 @@ from packft.preprocess.results import (
     WriteResult,
 )
 from packft.preprocess.steps import (
-    PreprocessResult,
     check_input_quality,
     fetch_inputs,
     plan,

@@ -13,6 +13,7 @@ takes the digest from the :class:`InputFile`. The Prefect tasks persist these mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field
@@ -153,3 +154,18 @@ class WriteResult(Result):
     """``{version}/{name}``: the ``--data-path`` prefix of the written set."""
     stats: DatasetStats
     """The sidecar's ``stats`` (:func:`packft.preprocess.write`'s figures)."""
+
+
+@dataclass
+class PreprocessResult:
+    """What a run produced (``reused``: the set on disk was already this run's, nothing written)."""
+
+    prefix: Path
+    files: list[Path]
+    stats: DatasetStats
+    shards: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each step (``fetch``, then ``tokenize``, ``plan``, ``write`` or ``check``)."""
+    reused: bool = False
+    dataset_key: str | None = None

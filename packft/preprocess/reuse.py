@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +43,6 @@ from packft.preprocess.results import InputFile, TokenizerPin
 log = logging.getLogger(__name__)
 KEY_CHARS = 40
 """Hex characters of a shard or plan key in its cache file name (160 bits)."""
-
-
-@dataclass
-class PreprocessResult:
-    """What a run produced (``reused``: the set on disk was already this run's, nothing written)."""
-
-    prefix: Path
-    files: list[Path]
-    stats: DatasetStats
-    shards: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
-    step_seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time of each step (``fetch``, then ``tokenize``, ``plan``, ``write`` or ``check``)."""
-    reused: bool = False
-    dataset_key: str | None = None
 
 
 @dataclass(frozen=True)

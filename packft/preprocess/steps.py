@@ -42,10 +42,11 @@ from packft.preprocess.results import (
     DatasetStats,
     InputFile,
     PlanResult,
+    PreprocessResult,
     TokenizeResult,
     TokenizerPin,
 )
-from packft.preprocess.reuse import KEY_CHARS, PreprocessResult
+from packft.preprocess.reuse import KEY_CHARS
 from packft.tokenize.options import SHARD_FORMAT as _SHARD_FORMAT
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from packft.core.journal import JOURNAL_SUFFIX
 from packft.dataset.integrity import open_verified
 from packft.ingest.quality import QualityGateError
 from packft.preprocess.config import PreprocessConfig
-from packft.preprocess.results import InputFile, TokenizerPin
-from packft.preprocess.reuse import PreprocessResult, expected_key
+from packft.preprocess.results import InputFile, PreprocessResult, TokenizerPin
+from packft.preprocess.reuse import expected_key
 from packft.preprocess.steps import preprocess
 from tests.faults.test_dataset_integrity import ALPACA, LLAMA2, run_packft, set_files
 
